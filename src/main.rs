@@ -1,0 +1,43 @@
+//! The process shell: configuration, logging, the sandbox's start-up check, then serve until
+//! SIGTERM or SIGINT. No logic of its own.
+
+use std::future::Future;
+
+use pyexec::{AppState, Config, router, telemetry};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let config = Config::from_env()?;
+    telemetry::init(config.server.log_format);
+    let addr = config.server.listen_addr();
+    let state = AppState::new(config);
+    match state.sandbox.check().await {
+        Ok(()) => {
+            tracing::info!(profile = %state.config.sandbox.profile.display(), "sandbox ready");
+        }
+        Err(reason) => tracing::error!(
+            reason,
+            "sandbox unavailable: /health answers 503 until it works"
+        ),
+    }
+    let shutdown = shutdown_signal()?;
+    let listener = TcpListener::bind(addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Installed before serving, so a failure shows at start-up rather than at the first SIGTERM.
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        tracing::info!("shutdown signal received; finishing in-flight requests");
+    })
+}

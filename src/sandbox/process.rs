@@ -1,0 +1,268 @@
+//! Runs one jail process to completion with bounded everything: a millisecond deadline,
+//! capped concurrent reads of every pipe, and the whole process group killed and reaped on
+//! every path (including when the caller's future is dropped). Knows nothing about Python.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use command_fds::{CommandFdExt, FdMapping};
+use rustix::process::{Pid, Signal, kill_process_group};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::unix::pipe;
+use tokio::process::Command;
+
+/// How long to keep reading pipes after the process is gone: a descendant that escaped the
+/// process group could hold them open for ever.
+const DRAIN_GRACE: Duration = Duration::from_millis(500);
+
+/// The descriptors a jail process gets besides stdin/stdout/stderr.
+#[derive(Debug, Clone, Copy)]
+pub struct ExtraFds {
+    /// Passed into the jail: the harness's result channel.
+    pub result: i32,
+    /// Kept by nsjail for its own log, so it never mixes with the script's stderr.
+    pub log: i32,
+}
+
+/// Byte caps for each pipe.
+#[derive(Debug, Clone, Copy)]
+pub struct Caps {
+    pub stdout: usize,
+    pub stderr: usize,
+    pub result: usize,
+    pub log: usize,
+}
+
+/// The first bytes read from a pipe, and whether more were discarded.
+#[derive(Debug, Default)]
+pub struct Captured {
+    pub bytes: Vec<u8>,
+    pub truncated: bool,
+}
+
+/// What happened to the process, as the service observed it.
+#[derive(Debug)]
+pub struct Finished {
+    /// `None` when the deadline fired and the service killed it.
+    pub status: Option<ExitStatus>,
+    pub stdout: Captured,
+    pub stderr: Captured,
+    pub result: Captured,
+    pub log: Captured,
+    pub elapsed: Duration,
+}
+
+/// Spawns `cmd` (stdin from /dev/null, every output piped, in a process group of its own),
+/// reads all pipes concurrently with `caps`, and kills the group at `deadline`.
+pub async fn run(
+    mut cmd: Command,
+    fds: ExtraFds,
+    deadline: Duration,
+    caps: Caps,
+) -> io::Result<Finished> {
+    let (result_reader, result_writer) = io::pipe()?;
+    let (log_reader, log_writer) = io::pipe()?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .fd_mappings(vec![
+            FdMapping {
+                parent_fd: OwnedFd::from(result_writer),
+                child_fd: fds.result,
+            },
+            FdMapping {
+                parent_fd: OwnedFd::from(log_writer),
+                child_fd: fds.log,
+            },
+        ])
+        .map_err(io::Error::other)?;
+
+    let started = Instant::now();
+    let spawned = cmd.spawn();
+    // The command owns our copies of the write ends: drop it so EOF arrives when the child exits.
+    drop(cmd);
+    let mut child = spawned?;
+    let group = GroupKiller(
+        child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .and_then(Pid::from_raw),
+    );
+
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err(io::Error::other("stdout and stderr must be piped"));
+    };
+    let result = pipe::Receiver::from_owned_fd(OwnedFd::from(result_reader))?;
+    let log = pipe::Receiver::from_owned_fd(OwnedFd::from(log_reader))?;
+    let mut captured: [Captured; 4] = Default::default();
+    let [out, err, res, lg] = &mut captured;
+
+    let (status, read) = {
+        let readers = async {
+            tokio::try_join!(
+                read_capped(stdout, caps.stdout, out),
+                read_capped(stderr, caps.stderr, err),
+                read_capped(result, caps.result, res),
+                read_capped(log, caps.log, lg),
+            )
+        };
+        let mut readers = std::pin::pin!(readers);
+        let mut read = None;
+        // Read while waiting, so a full pipe never blocks the child.
+        let waited = tokio::time::timeout(deadline, async {
+            loop {
+                tokio::select! {
+                    done = &mut readers, if read.is_none() => read = Some(done),
+                    status = child.wait() => return status,
+                }
+            }
+        })
+        .await;
+        let status = match waited {
+            Ok(status) => Some(status?),
+            Err(_deadline) => None,
+        };
+        // Whatever the child left behind in its group dies now; then reap the child itself.
+        drop(group);
+        if status.is_none() {
+            child.start_kill()?;
+            child.wait().await?;
+        }
+        let read = match read {
+            Some(done) => done,
+            // Keep what was read so far if a descendant that left the group holds a pipe.
+            None => tokio::time::timeout(DRAIN_GRACE, readers)
+                .await
+                .unwrap_or(Ok(((), (), (), ()))),
+        };
+        (status, read)
+    };
+    read?;
+    let [stdout, stderr, result, log] = captured;
+    Ok(Finished {
+        status,
+        stdout,
+        stderr,
+        result,
+        log,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Reads up to `cap` bytes into `into`, then drains and discards the rest so the writer never
+/// blocks. Writes into the caller's buffer so a cancelled read keeps what it had.
+async fn read_capped(
+    mut reader: impl AsyncRead + Unpin,
+    cap: usize,
+    into: &mut Captured,
+) -> io::Result<()> {
+    (&mut reader)
+        .take(cap as u64)
+        .read_to_end(&mut into.bytes)
+        .await?;
+    let dropped = tokio::io::copy(&mut reader, &mut tokio::io::sink()).await?;
+    into.truncated = dropped > 0;
+    Ok(())
+}
+
+/// SIGKILLs a process group when dropped, so no path (error, timeout, cancelled request)
+/// leaves the script's descendants running.
+struct GroupKiller(Option<Pid>);
+
+impl Drop for GroupKiller {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            // ESRCH (the group is already empty) is the normal case.
+            let _ = kill_process_group(pid, Signal::KILL);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FDS: ExtraFds = ExtraFds { result: 3, log: 4 };
+    const CAPS: Caps = Caps {
+        stdout: 8,
+        stderr: 8,
+        result: 1024,
+        log: 1024,
+    };
+
+    fn sh(script: &str) -> Command {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c").arg(script);
+        cmd
+    }
+
+    #[tokio::test]
+    async fn every_pipe_is_read_and_capped() {
+        let cmd =
+            sh("printf 0123456789; printf err >&2; printf result >&3; printf log >&4; exit 7");
+        let finished = run(cmd, FDS, Duration::from_secs(10), CAPS).await.unwrap();
+        assert_eq!(finished.status.unwrap().code(), Some(7));
+        assert_eq!(finished.stdout.bytes, b"01234567");
+        assert!(finished.stdout.truncated);
+        assert_eq!(
+            (finished.stderr.bytes.as_slice(), finished.stderr.truncated),
+            (&b"err"[..], false)
+        );
+        assert_eq!(finished.result.bytes, b"result");
+        assert_eq!(finished.log.bytes, b"log");
+    }
+
+    #[tokio::test]
+    async fn the_deadline_kills_the_process_and_its_children() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("survived");
+        let script = format!("(sleep 1; touch {}) & sleep 30", marker.display());
+        let finished = run(sh(&script), FDS, Duration::from_millis(200), CAPS)
+            .await
+            .unwrap();
+        assert!(finished.status.is_none());
+        assert!(
+            finished.elapsed < Duration::from_secs(5),
+            "{:?}",
+            finished.elapsed
+        );
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(!marker.exists(), "a child outlived the deadline");
+    }
+
+    #[tokio::test]
+    async fn a_background_child_holding_stdout_does_not_delay_the_answer() {
+        let finished = run(
+            sh("sleep 30 & echo done"),
+            FDS,
+            Duration::from_secs(20),
+            CAPS,
+        )
+        .await
+        .unwrap();
+        assert_eq!(finished.status.unwrap().code(), Some(0));
+        assert_eq!(finished.stdout.bytes, b"done\n");
+        assert!(
+            finished.elapsed < Duration::from_secs(5),
+            "{:?}",
+            finished.elapsed
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_is_an_error() {
+        let error = run(
+            Command::new("/nonexistent/nsjail"),
+            FDS,
+            Duration::from_secs(1),
+            CAPS,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::NotFound);
+    }
+}
