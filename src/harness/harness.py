@@ -93,25 +93,29 @@ def exit_frame(exc):
     return {"event": "failed", "kind": "exit", "code": code}
 
 
-def find_unencodable(value, path="result", depth=0):
+def find_unencodable(value, path="result", parents=()):
     """Names the first part of `value` that JSON cannot carry, as (path, description)."""
-    if depth > 200:
-        return path, "nested too deeply"
     if value is None or isinstance(value, (str, bool, int)):
         return None
     if isinstance(value, float):
         return None if math.isfinite(value) else (path, f"the float {value!r}")
+    if isinstance(value, (dict, list, tuple)):
+        if id(value) in parents:
+            return path, "the container itself (a circular reference)"
+        if len(parents) > 200:
+            return path, "nested too deeply"
+        parents = parents + (id(value),)
     if isinstance(value, dict):
         for key, item in value.items():
             if not (key is None or isinstance(key, (str, int, float, bool))):
                 return f"{path} key {key!r}", f"a {type_name(key)} (keys must be str, int, float, bool or None)"
-            found = find_unencodable(item, f"{path}[{key!r}]", depth + 1)
+            found = find_unencodable(item, f"{path}[{key!r}]", parents)
             if found:
                 return found
         return None
     if isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
-            found = find_unencodable(item, f"{path}[{index}]", depth + 1)
+            found = find_unencodable(item, f"{path}[{index}]", parents)
             if found:
                 return found
         return None
@@ -133,7 +137,7 @@ def not_serializable_frame(value, error):
     else:
         path, what = found
         detail = f"{path} is {what}"
-        bad_type = what.removeprefix("a ").removeprefix("the ").split(" ")[0]
+        bad_type = type_name(value) if what.startswith("the container") else what.removeprefix("a ").removeprefix("the ").split(" ")[0]
     hint = ""
     if "nan" in detail or "inf" in detail:
         hint = "; NaN and Infinity are not valid JSON"

@@ -91,6 +91,7 @@ struct Frame {
     v: u32,
     event: String,
     kind: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     result: Option<Box<RawValue>>,
     phase: Option<String>,
     #[serde(rename = "type")]
@@ -103,6 +104,11 @@ struct Frame {
     code: Option<serde_json::Value>,
     bytes: Option<u64>,
     limit: Option<u64>,
+}
+
+/// A present `result` is `Some` even when it is JSON `null` (plain `Option` would make it `None`).
+fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(deserializer).map(Some)
 }
 
 /// Parses the bytes read from the result descriptor. `truncated` says the reader hit its cap.
@@ -225,6 +231,13 @@ mod tests {
             raw.get(),
             "[1267650600228229401496703205376, 0.1, \"\\u00e9\"]"
         );
+    }
+
+    #[test]
+    fn a_null_result_is_a_result() {
+        let report = parse_str(&format!("{STARTED}{{\"v\": 1, \"event\": \"returned\", \"result\": null}}\n"));
+        let Some(Ok(Reported::Returned(raw))) = report.outcome else { panic!("{report:?}") };
+        assert_eq!(raw.get(), "null");
     }
 
     #[test]

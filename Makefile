@@ -1,0 +1,24 @@
+# The two commands: `make run` and `make test`. Each first installs whatever this Debian 12
+# machine lacks (scripts/setup.sh: pinned nsjail, sandbox Python with numpy and pandas, Debian
+# packages, Rust), which takes about a second when everything is already there. Run as root.
+
+SHELL := /bin/bash
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+.PHONY: setup run test build
+
+setup:
+	@bash scripts/setup.sh
+
+build: setup
+	cargo build --release --locked
+
+# Serves on $PORT (default 8080) in the foreground, with config/default.toml.
+run: build
+	PYEXEC_CONFIG=config/default.toml exec ./target/release/pyexec
+
+# Formatting, lints, then every test against the real nsjail and sandbox Python.
+test: setup
+	cargo fmt --all -- --check
+	cargo clippy --locked --all-targets -- -D warnings
+	cargo test --locked

@@ -1,0 +1,120 @@
+//! Starts the real service (real nsjail, real sandbox Python) on a loopback port.
+#![allow(dead_code, reason = "each test file uses a different part")]
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a failed unwrap is a failed test")]
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use pyexec::{AppState, Config, router};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+/// A running service and the private directory its executions are created in.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    pub work_root: tempfile::TempDir,
+}
+
+/// The configuration tests run with: the repository's profile, a private work root.
+pub fn test_config(work_root: &Path) -> Config {
+    let mut config = Config::default();
+    config.sandbox.profile = Path::new(env!("CARGO_MANIFEST_DIR")).join("nsjail/cloudrun.cfg");
+    config.sandbox.work_root = work_root.to_owned();
+    config.sandbox.max_concurrency = 4;
+    config
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Binds before returning, so no sleep is needed; runs the start-up check like `main`.
+pub async fn spawn_app_with(customize: impl FnOnce(&mut Config)) -> TestApp {
+    let work_root = tempfile::tempdir().unwrap();
+    let mut config = test_config(work_root.path());
+    customize(&mut config);
+    let state = AppState::new(config);
+    state.sandbox.check().await.expect("the sandbox works: run `make test`, which installs it");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router(state)).await });
+    TestApp { addr, client: reqwest::Client::new(), work_root }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// POSTs `{"script": script}` and returns the status and the JSON body.
+    pub async fn execute(&self, script: &str) -> (u16, Value) {
+        self.post_json(&json!({ "script": script })).await
+    }
+
+    pub async fn post_json(&self, body: &Value) -> (u16, Value) {
+        let response = self.client.post(self.url("/execute")).json(body).send().await.unwrap();
+        read(response).await
+    }
+
+    pub async fn post_raw(&self, content_type: Option<&str>, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let mut request = self.client.post(self.url("/execute")).body(body);
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        read(request.send().await.unwrap()).await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        read(self.client.get(self.url(path)).send().await.unwrap()).await
+    }
+
+    /// Names left in the work root: empty once every execution has cleaned up.
+    pub fn leftovers(&self) -> Vec<String> {
+        std::fs::read_dir(self.work_root.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+}
+
+/// The status and JSON body of a response; a non-JSON body fails the test.
+pub async fn read(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or_else(|error| panic!("body is not JSON ({error}): {text:?}"));
+    (status, body)
+}
+
+/// Asserts the error shape every non-2xx shares and returns the code.
+pub fn error_code(body: &Value) -> &str {
+    let message = body["error"].as_str().unwrap_or_else(|| panic!("no error message: {body}"));
+    assert!(!message.is_empty(), "{body}");
+    body["code"].as_str().unwrap_or_else(|| panic!("no code: {body}"))
+}
+
+/// Processes still running as `uid` after waiting up to 2 s for killed ones to be reaped.
+pub async fn processes_left(uid: u32) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let found = processes_of(uid);
+        if found.is_empty() || std::time::Instant::now() > deadline {
+            return found;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Processes currently running as `uid`, from /proc.
+pub fn processes_of(uid: u32) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else { continue };
+        let owner = status.lines().find_map(|line| line.strip_prefix("Uid:")).and_then(|ids| ids.split_whitespace().next());
+        if owner == Some(&uid.to_string()) {
+            let name = status.lines().next().unwrap_or_default().to_owned();
+            found.push(format!("{}: {name}", entry.file_name().to_string_lossy()));
+        }
+    }
+    found
+}
