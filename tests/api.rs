@@ -14,7 +14,12 @@ async fn info_lists_the_endpoints() {
     assert_eq!(status, 200);
     assert_eq!(body["name"], "pyexec");
     assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
-    let paths: Vec<_> = body["endpoints"].as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap()).collect();
+    let paths: Vec<_> = body["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
     assert_eq!(paths, ["/execute", "/health", "/"]);
     assert_eq!(body["limits"]["script_bytes"], 102_400);
 }
@@ -23,7 +28,10 @@ async fn info_lists_the_endpoints() {
 async fn health_is_healthy_when_the_sandbox_works() {
     let app = spawn_app().await;
     let (status, body) = app.get("/health").await;
-    assert_eq!((status, body), (200, json!({"status": "healthy", "profile": "cloudrun"})));
+    assert_eq!(
+        (status, body),
+        (200, json!({"status": "healthy", "profile": "cloudrun"}))
+    );
 }
 
 #[tokio::test]
@@ -41,10 +49,18 @@ async fn health_is_503_with_the_reason_when_nsjail_is_missing() {
     assert_eq!(response.headers()["retry-after"], "5");
     let (status, body) = common::read(response).await;
     assert_eq!((status, error_code(&body)), (503, "sandbox_unavailable"));
-    assert!(body["error"].as_str().unwrap().contains("/nonexistent/nsjail"), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/nsjail"),
+        "{body}"
+    );
 
     let client = reqwest::Client::new();
-    let response = client.post(format!("http://{addr}/execute")).json(&json!({"script": "def main(): return 1"}));
+    let response = client
+        .post(format!("http://{addr}/execute"))
+        .json(&json!({"script": "def main(): return 1"}));
     let (status, body) = common::read(response.send().await.unwrap()).await;
     assert_eq!((status, error_code(&body)), (503, "sandbox_unavailable"));
 }
@@ -65,23 +81,45 @@ async fn malformed_bodies_are_400_with_a_json_error() {
     ];
     for (body, code) in cases {
         let (status, response) = app.post_raw(Some("application/json"), body).await;
-        assert_eq!((status, error_code(&response)), (400, code), "{body}: {response}");
+        assert_eq!(
+            (status, error_code(&response)),
+            (400, code),
+            "{body}: {response}"
+        );
     }
     let (_, missing) = app.post_raw(Some("application/json"), "{}").await;
-    assert!(missing["error"].as_str().unwrap().contains("\"script\""), "{missing}");
-    let (_, number) = app.post_raw(Some("application/json"), "{\"script\": 42}").await;
-    assert!(number["error"].as_str().unwrap().contains("not a number"), "{number}");
+    assert!(
+        missing["error"].as_str().unwrap().contains("\"script\""),
+        "{missing}"
+    );
+    let (_, number) = app
+        .post_raw(Some("application/json"), "{\"script\": 42}")
+        .await;
+    assert!(
+        number["error"].as_str().unwrap().contains("not a number"),
+        "{number}"
+    );
 }
 
 #[tokio::test]
 async fn a_wrong_content_type_is_415() {
     let app = spawn_app().await;
     let script = "{\"script\": \"def main(): return 1\"}";
-    for content_type in [None, Some("text/plain"), Some("application/x-www-form-urlencoded")] {
+    for content_type in [
+        None,
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+    ] {
         let (status, body) = app.post_raw(content_type, script).await;
-        assert_eq!((status, error_code(&body)), (415, "unsupported_media_type"), "{content_type:?}");
+        assert_eq!(
+            (status, error_code(&body)),
+            (415, "unsupported_media_type"),
+            "{content_type:?}"
+        );
     }
-    let (status, _) = app.post_raw(Some("application/json; charset=utf-8"), script).await;
+    let (status, _) = app
+        .post_raw(Some("application/json; charset=utf-8"), script)
+        .await;
     assert_eq!(status, 200);
 }
 
@@ -96,12 +134,23 @@ async fn the_script_limit_is_exactly_100_kib_of_utf8() {
 
     let over = format!("{exactly}x");
     let (status, body) = app.execute(&over).await;
-    assert_eq!((status, error_code(&body)), (413, "script_too_large"), "{body}");
-    assert_eq!((body["script_bytes"].as_u64(), body["limit_bytes"].as_u64()), (Some(102_401), Some(102_400)));
+    assert_eq!(
+        (status, error_code(&body)),
+        (413, "script_too_large"),
+        "{body}"
+    );
+    assert_eq!(
+        (body["script_bytes"].as_u64(), body["limit_bytes"].as_u64()),
+        (Some(102_401), Some(102_400))
+    );
 
     // Multi-byte characters count as their UTF-8 bytes: 51,201 two-byte characters are 102,402.
     let (status, body) = app.execute(&format!("#{}", "é".repeat(51_200))).await;
-    assert_eq!((status, error_code(&body)), (413, "script_too_large"), "{body}");
+    assert_eq!(
+        (status, error_code(&body)),
+        (413, "script_too_large"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -109,7 +158,11 @@ async fn a_body_far_over_the_limit_is_413_without_being_buffered() {
     let app = spawn_app().await;
     let body = format!("{{\"script\": \"#{}\"}}", "x".repeat(8 * 1024 * 1024));
     let (status, response) = app.post_raw(Some("application/json"), body).await;
-    assert_eq!((status, error_code(&response)), (413, "body_too_large"), "{response}");
+    assert_eq!(
+        (status, error_code(&response)),
+        (413, "body_too_large"),
+        "{response}"
+    );
 }
 
 #[tokio::test]
@@ -128,7 +181,13 @@ async fn unknown_paths_and_wrong_methods_are_json() {
 #[tokio::test]
 async fn every_response_carries_a_request_id() {
     let app = spawn_app().await;
-    let response = app.client.get(app.url("/")).header("x-request-id", "abc-123").send().await.unwrap();
+    let response = app
+        .client
+        .get(app.url("/"))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.headers()["x-request-id"], "abc-123");
     let response = app.client.get(app.url("/nope")).send().await.unwrap();
     assert!(!response.headers()["x-request-id"].is_empty());

@@ -26,8 +26,18 @@ async fn failed(app: &common::TestApp, script: &str, code: &str) -> Value {
 #[tokio::test]
 async fn readme_example_hello_world() {
     let app = spawn_app().await;
-    let body = ok(&app, "def main():\n    print('Hello, World!')\n    return {'message': 'Hello from main'}\n").await;
-    assert_eq!((&body["result"], &body["stdout"]), (&json!({"message": "Hello from main"}), &json!("Hello, World!\n")));
+    let body = ok(
+        &app,
+        "def main():\n    print('Hello, World!')\n    return {'message': 'Hello from main'}\n",
+    )
+    .await;
+    assert_eq!(
+        (&body["result"], &body["stdout"]),
+        (
+            &json!({"message": "Hello from main"}),
+            &json!("Hello, World!\n")
+        )
+    );
 }
 
 #[tokio::test]
@@ -35,7 +45,10 @@ async fn readme_example_numpy_and_pandas() {
     let app = spawn_app().await;
     let script = "import numpy as np\nimport pandas as pd\n\ndef main():\n    df = pd.DataFrame({'a': [1, 2, 3], 'b': [4, 5, 6]})\n    print(df.sum().to_dict())\n    return {'mean_a': float(df['a'].mean()), 'matrix': np.eye(2).tolist()}\n";
     let body = ok(&app, script).await;
-    assert_eq!(body["result"], json!({"mean_a": 2.0, "matrix": [[1.0, 0.0], [0.0, 1.0]]}));
+    assert_eq!(
+        body["result"],
+        json!({"mean_a": 2.0, "matrix": [[1.0, 0.0], [0.0, 1.0]]})
+    );
     assert_eq!(body["stdout"], "{'a': 6, 'b': 15}\n");
 }
 
@@ -50,7 +63,12 @@ async fn readme_example_missing_main() {
 #[tokio::test]
 async fn readme_example_non_json_result() {
     let app = spawn_app().await;
-    let body = failed(&app, "def main():\n    return {1, 2, 3}\n", "result_not_serializable").await;
+    let body = failed(
+        &app,
+        "def main():\n    return {1, 2, 3}\n",
+        "result_not_serializable",
+    )
+    .await;
     assert_eq!(body["type"], "set");
     assert!(body["error"].as_str().unwrap().contains("a set"), "{body}");
 }
@@ -62,11 +80,20 @@ async fn results_are_main_return_value_exactly() {
     let app = spawn_app().await;
     let cases = [
         ("None", json!(null)),
-        ("'text with \"quotes\" and \\n'", json!("text with \"quotes\" and \n")),
-        ("{'a': [1, 2.5, True, None, {'b': []}], 'c': (1, 2)}", json!({"a": [1, 2.5, true, null, {"b": []}], "c": [1, 2]})),
+        (
+            "'text with \"quotes\" and \\n'",
+            json!("text with \"quotes\" and \n"),
+        ),
+        (
+            "{'a': [1, 2.5, True, None, {'b': []}], 'c': (1, 2)}",
+            json!({"a": [1, 2.5, true, null, {"b": []}], "c": [1, 2]}),
+        ),
         ("'héllo ✓ 😀'", json!("héllo ✓ 😀")),
         ("-0.1", json!(-0.1)),
-        ("{1: 'int keys become strings'}", json!({"1": "int keys become strings"})),
+        (
+            "{1: 'int keys become strings'}",
+            json!({"1": "int keys become strings"}),
+        ),
     ];
     for (expression, expected) in cases {
         let body = ok(&app, &format!("def main():\n    return {expression}\n")).await;
@@ -77,16 +104,26 @@ async fn results_are_main_return_value_exactly() {
 #[tokio::test]
 async fn big_integers_arrive_digit_for_digit() {
     let app = spawn_app().await;
-    let response = app.client.post(app.url("/execute")).json(&json!({"script": "def main():\n    return [2**200, -3**50]\n"}));
+    let response = app
+        .client
+        .post(app.url("/execute"))
+        .json(&json!({"script": "def main():\n    return [2**200, -3**50]\n"}));
     let text = response.send().await.unwrap().text().await.unwrap();
-    let expected = format!("\"result\":[{}, -717897987691852588770249]", "1606938044258990275541962092341162602522202993782792835301376");
+    let expected = format!(
+        "\"result\":[{}, -717897987691852588770249]",
+        "1606938044258990275541962092341162602522202993782792835301376"
+    );
     assert!(text.contains(&expected), "{text}");
 }
 
 #[tokio::test]
 async fn async_main_is_awaited() {
     let app = spawn_app().await;
-    let body = ok(&app, "import asyncio\nasync def main():\n    await asyncio.sleep(0)\n    return 'awaited'\n").await;
+    let body = ok(
+        &app,
+        "import asyncio\nasync def main():\n    await asyncio.sleep(0)\n    return 'awaited'\n",
+    )
+    .await;
     assert_eq!(body["result"], "awaited");
 }
 
@@ -97,7 +134,10 @@ async fn stdout_is_captured_exactly_including_subprocesses_and_c_level_writes() 
     let app = spawn_app().await;
     let script = "import os, subprocess, sys\ndef main():\n    print('  leading and trailing  ')\n    sys.stdout.write('no newline')\n    sys.stdout.flush()\n    os.write(1, b'|fd1|')\n    subprocess.run(['/bin/echo', 'from a child'])\n    print('to stderr', file=sys.stderr)\n    return 1\n";
     let body = ok(&app, script).await;
-    assert_eq!(body["stdout"], "  leading and trailing  \nno newline|fd1|from a child\n");
+    assert_eq!(
+        body["stdout"],
+        "  leading and trailing  \nno newline|fd1|from a child\n"
+    );
     assert_eq!(body["stderr"], "to stderr\n");
     assert_eq!(body["stdout_truncated"], false);
 }
@@ -122,9 +162,16 @@ async fn printed_lines_that_look_like_results_change_nothing() {
 #[tokio::test]
 async fn output_beyond_the_cap_is_truncated_and_flagged() {
     let app = spawn_app_with(|config| config.limits.output_bytes = 1000).await;
-    let body = ok(&app, "def main():\n    print('x' * 5000)\n    return 'done'\n").await;
+    let body = ok(
+        &app,
+        "def main():\n    print('x' * 5000)\n    return 'done'\n",
+    )
+    .await;
     assert_eq!(body["stdout"].as_str().unwrap().len(), 1000);
-    assert_eq!((&body["stdout_truncated"], &body["result"]), (&json!(true), &json!("done")));
+    assert_eq!(
+        (&body["stdout_truncated"], &body["result"]),
+        (&json!(true), &json!("done"))
+    );
 }
 
 // Failures.
@@ -132,10 +179,20 @@ async fn output_beyond_the_cap_is_truncated_and_flagged() {
 #[tokio::test]
 async fn syntax_errors_name_the_line() {
     let app = spawn_app().await;
-    let body = failed(&app, "def main():\n    return 1\n\ndef broken(:\n    pass\n", "syntax_error").await;
+    let body = failed(
+        &app,
+        "def main():\n    return 1\n\ndef broken(:\n    pass\n",
+        "syntax_error",
+    )
+    .await;
     assert_eq!(body["line"], 4, "{body}");
     assert!(body["error"].as_str().unwrap().contains("line 4"), "{body}");
-    let body = failed(&app, "def main():\n\treturn 1\n        return 2\n", "syntax_error").await;
+    let body = failed(
+        &app,
+        "def main():\n\treturn 1\n        return 2\n",
+        "syntax_error",
+    )
+    .await;
     assert_eq!(body["line"], 3, "{body}");
 }
 
@@ -143,8 +200,18 @@ async fn syntax_errors_name_the_line() {
 async fn main_only_in_a_comment_or_string_does_not_count() {
     let app = spawn_app().await;
     failed(&app, "# def main():\n#     return 1\n", "no_main").await;
-    failed(&app, "doc = '''\ndef main():\n    return 1\n'''\n", "no_main").await;
-    failed(&app, "class A:\n    def main(self):\n        return 1\n", "no_main").await;
+    failed(
+        &app,
+        "doc = '''\ndef main():\n    return 1\n'''\n",
+        "no_main",
+    )
+    .await;
+    failed(
+        &app,
+        "class A:\n    def main(self):\n        return 1\n",
+        "no_main",
+    )
+    .await;
     let body = failed(&app, "main = 42\n", "no_main").await;
     assert!(body["error"].as_str().unwrap().contains("int"), "{body}");
 }
@@ -152,8 +219,16 @@ async fn main_only_in_a_comment_or_string_does_not_count() {
 #[tokio::test]
 async fn main_that_needs_arguments_is_refused() {
     let app = spawn_app().await;
-    let body = failed(&app, "def main(data, *, flag):\n    return data\n", "main_requires_arguments").await;
-    assert!(body["error"].as_str().unwrap().contains("data, flag"), "{body}");
+    let body = failed(
+        &app,
+        "def main(data, *, flag):\n    return data\n",
+        "main_requires_arguments",
+    )
+    .await;
+    assert!(
+        body["error"].as_str().unwrap().contains("data, flag"),
+        "{body}"
+    );
     ok(&app, "def main(x=1, *args, **kwargs):\n    return x\n").await;
 }
 
@@ -165,14 +240,34 @@ async fn exceptions_carry_type_message_traceback_and_prior_output() {
     assert_eq!(body["exception"]["type"], "KeyError");
     assert_eq!(body["exception"]["message"], "'missing'");
     let traceback = body["exception"]["traceback"].as_str().unwrap();
-    assert!(traceback.contains("line 6, in main") && traceback.contains("line 2, in helper"), "{traceback}");
-    assert!(!traceback.contains("harness"), "the harness's frames are hidden: {traceback}");
+    assert!(
+        traceback.contains("line 6, in main") && traceback.contains("line 2, in helper"),
+        "{traceback}"
+    );
+    assert!(
+        !traceback.contains("harness"),
+        "the harness's frames are hidden: {traceback}"
+    );
     assert_eq!(body["stdout"], "before\n");
-    assert!(body["error"].as_str().unwrap().starts_with("main() raised KeyError"), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("main() raised KeyError"),
+        "{body}"
+    );
 
-    let body = failed(&app, "import no_such_module\ndef main():\n    return 1\n", "script_exception").await;
+    let body = failed(
+        &app,
+        "import no_such_module\ndef main():\n    return 1\n",
+        "script_exception",
+    )
+    .await;
     assert_eq!(body["exception"]["type"], "ModuleNotFoundError");
-    assert!(body["error"].as_str().unwrap().contains("while loading"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("while loading"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -182,43 +277,91 @@ async fn non_json_results_name_the_type() {
         ("float('nan')", "NaN"),
         ("[1, float('inf')]", "Infinity"),
         ("object()", "object"),
-        ("{'when': __import__('datetime').date(2024, 1, 1)}", "datetime.date"),
+        (
+            "{'when': __import__('datetime').date(2024, 1, 1)}",
+            "datetime.date",
+        ),
         ("__import__('numpy').arange(3)", "numpy.ndarray"),
         ("{(1, 2): 'tuple key'}", "tuple"),
     ];
     for (expression, mentioned) in cases {
-        let body = failed(&app, &format!("def main():\n    return {expression}\n"), "result_not_serializable").await;
-        assert!(body["error"].as_str().unwrap().contains(mentioned), "{expression}: {body}");
+        let body = failed(
+            &app,
+            &format!("def main():\n    return {expression}\n"),
+            "result_not_serializable",
+        )
+        .await;
+        assert!(
+            body["error"].as_str().unwrap().contains(mentioned),
+            "{expression}: {body}"
+        );
     }
-    let body = failed(&app, "def main():\n    a = []\n    a.append(a)\n    return a\n", "result_not_serializable").await;
-    assert!(body["error"].as_str().unwrap().contains("ircular"), "{body}");
+    let body = failed(
+        &app,
+        "def main():\n    a = []\n    a.append(a)\n    return a\n",
+        "result_not_serializable",
+    )
+    .await;
+    assert!(
+        body["error"].as_str().unwrap().contains("ircular"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
 async fn exiting_before_main_returns_is_the_scripts_own_exit() {
     let app = spawn_app().await;
     for (script, code) in [
-        ("import sys\ndef main():\n    print('bye')\n    sys.exit(3)\n", json!(3)),
+        (
+            "import sys\ndef main():\n    print('bye')\n    sys.exit(3)\n",
+            json!(3),
+        ),
         ("import sys\ndef main():\n    sys.exit()\n", json!(null)),
-        ("import sys\nsys.exit('at load')\ndef main():\n    return 1\n", json!("at load")),
-        ("import os\ndef main():\n    print('bye', flush=True)\n    os._exit(0)\n", json!(0)),
+        (
+            "import sys\nsys.exit('at load')\ndef main():\n    return 1\n",
+            json!("at load"),
+        ),
+        (
+            "import os\ndef main():\n    print('bye', flush=True)\n    os._exit(0)\n",
+            json!(0),
+        ),
         ("import os\ndef main():\n    os._exit(137)\n", json!(137)),
         ("import os\ndef main():\n    os._exit(255)\n", json!(255)),
     ] {
         let body = failed(&app, script, "script_exited").await;
         assert_eq!(body["exit_code"], code, "{script}: {body}");
     }
-    let body = failed(&app, "import sys\ndef main():\n    print('bye')\n    sys.exit(3)\n", "script_exited").await;
+    let body = failed(
+        &app,
+        "import sys\ndef main():\n    print('bye')\n    sys.exit(3)\n",
+        "script_exited",
+    )
+    .await;
     assert_eq!(body["stdout"], "bye\n");
 }
 
 #[tokio::test]
 async fn a_crash_is_reported_with_its_signal() {
     let app = spawn_app().await;
-    let body = failed(&app, "import ctypes\ndef main():\n    print('about to crash')\n    ctypes.string_at(0)\n", "script_crashed").await;
-    assert_eq!((&body["signal"], &body["signal_name"]), (&json!(11), &json!("SIGSEGV")), "{body}");
+    let body = failed(
+        &app,
+        "import ctypes\ndef main():\n    print('about to crash')\n    ctypes.string_at(0)\n",
+        "script_crashed",
+    )
+    .await;
+    assert_eq!(
+        (&body["signal"], &body["signal_name"]),
+        (&json!(11), &json!("SIGSEGV")),
+        "{body}"
+    );
     assert_eq!(body["stdout"], "about to crash\n");
-    assert!(body["stderr"].as_str().unwrap().contains("Fatal Python error"), "faulthandler's trace: {body}");
+    assert!(
+        body["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("Fatal Python error"),
+        "faulthandler's trace: {body}"
+    );
 }
 
 #[tokio::test]
@@ -227,25 +370,53 @@ async fn the_time_limit_stops_the_script_in_time() {
     let started = Instant::now();
     let body = failed(&app, "import time\ndef main():\n    print('started')\n    while True:\n        time.sleep(0.01)\n", "time_limit_exceeded").await;
     let elapsed = started.elapsed();
-    assert!(elapsed >= Duration::from_secs(2) && elapsed < Duration::from_secs(6), "{elapsed:?}");
-    assert!(body["error"].as_str().unwrap().contains("time limit"), "{body}");
-    assert_eq!((&body["time_limit_ms"], &body["stdout"]), (&json!(2000), &json!("started\n")));
+    assert!(
+        elapsed >= Duration::from_secs(2) && elapsed < Duration::from_secs(6),
+        "{elapsed:?}"
+    );
+    assert!(
+        body["error"].as_str().unwrap().contains("time limit"),
+        "{body}"
+    );
+    assert_eq!(
+        (&body["time_limit_ms"], &body["stdout"]),
+        (&json!(2000), &json!("started\n"))
+    );
     // The service answers normally right after.
-    assert_eq!(ok(&app, "def main():\n    return 'fine'\n").await["result"], "fine");
+    assert_eq!(
+        ok(&app, "def main():\n    return 'fine'\n").await["result"],
+        "fine"
+    );
 }
 
 #[tokio::test]
 async fn writing_garbage_to_the_result_channel_is_a_clear_error() {
     let app = spawn_app().await;
-    let body = failed(&app, "import os\ndef main():\n    os.write(3, b'garbage\\n')\n    os._exit(0)\n", "result_unreadable").await;
-    assert!(body["error"].as_str().unwrap().contains("descriptor 3"), "{body}");
+    let body = failed(
+        &app,
+        "import os\ndef main():\n    os.write(3, b'garbage\\n')\n    os._exit(0)\n",
+        "result_unreadable",
+    )
+    .await;
+    assert!(
+        body["error"].as_str().unwrap().contains("descriptor 3"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
 async fn results_over_the_limit_are_refused_by_size() {
     let app = spawn_app_with(|config| config.limits.result_bytes = 1000).await;
-    let body = failed(&app, "def main():\n    return 'x' * 5000\n", "result_too_large").await;
-    assert_eq!((&body["result_bytes"], &body["limit_bytes"]), (&json!(5002), &json!(1000)));
+    let body = failed(
+        &app,
+        "def main():\n    return 'x' * 5000\n",
+        "result_too_large",
+    )
+    .await;
+    assert_eq!(
+        (&body["result_bytes"], &body["limit_bytes"]),
+        (&json!(5002), &json!(1000))
+    );
 }
 
 // Concurrency and clean-up.
@@ -254,14 +425,19 @@ async fn results_over_the_limit_are_refused_by_size() {
 async fn concurrent_requests_each_get_their_own_answer() {
     let app = spawn_app().await;
     let requests = (0..12).map(|i| {
-        let script = format!("import time\ndef main():\n    time.sleep(0.2)\n    print({i})\n    return {i} * 10\n");
+        let script = format!(
+            "import time\ndef main():\n    time.sleep(0.2)\n    print({i})\n    return {i} * 10\n"
+        );
         let app = &app;
         async move { app.execute(&script).await }
     });
     let answers = futures::future::join_all(requests).await;
     for (i, (status, body)) in answers.into_iter().enumerate() {
         assert_eq!(status, 200, "{body}");
-        assert_eq!((&body["result"], &body["stdout"]), (&json!(i * 10), &json!(format!("{i}\n"))));
+        assert_eq!(
+            (&body["result"], &body["stdout"]),
+            (&json!(i * 10), &json!(format!("{i}\n")))
+        );
     }
     assert!(app.leftovers().is_empty(), "{:?}", app.leftovers());
 }
@@ -278,7 +454,13 @@ async fn no_files_or_processes_outlive_an_execution() {
     .await;
     let script = "import os, subprocess, tempfile\ndef main():\n    subprocess.Popen(['/bin/sleep', '60'])\n    with open(os.path.join(tempfile.gettempdir(), 'left.txt'), 'w') as f:\n        f.write('x')\n    return tempfile.gettempdir()\n";
     let body = ok(&app, script).await;
-    assert!(body["result"].as_str().unwrap().starts_with(app.work_root.path().to_str().unwrap()), "TMPDIR is private: {body}");
+    assert!(
+        body["result"]
+            .as_str()
+            .unwrap()
+            .starts_with(app.work_root.path().to_str().unwrap()),
+        "TMPDIR is private: {body}"
+    );
     let forever = "import subprocess\ndef main():\n    subprocess.Popen(['/bin/sleep', '60'])\n    while True:\n        pass\n";
     failed(&app, forever, "time_limit_exceeded").await;
     assert!(app.leftovers().is_empty(), "{:?}", app.leftovers());

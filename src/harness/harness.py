@@ -231,7 +231,7 @@ def main():
         finish(reporter.send, exception_frame(exc, "main"))
 
     try:
-        encoded = json.dumps(value, allow_nan=False)
+        encoded = json.dumps(value, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError, RecursionError) as exc:
         finish(reporter.send, not_serializable_frame(value, exc))
     if len(encoded) > max_result_bytes:

@@ -107,7 +107,9 @@ struct Frame {
 }
 
 /// A present `result` is `Some` even when it is JSON `null` (plain `Option` would make it `None`).
-fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Box<RawValue>>, D::Error> {
+fn present<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Box<RawValue>>, D::Error> {
     Box::<RawValue>::deserialize(deserializer).map(Some)
 }
 
@@ -235,8 +237,12 @@ mod tests {
 
     #[test]
     fn a_null_result_is_a_result() {
-        let report = parse_str(&format!("{STARTED}{{\"v\": 1, \"event\": \"returned\", \"result\": null}}\n"));
-        let Some(Ok(Reported::Returned(raw))) = report.outcome else { panic!("{report:?}") };
+        let report = parse_str(&format!(
+            "{STARTED}{{\"v\": 1, \"event\": \"returned\", \"result\": null}}\n"
+        ));
+        let Some(Ok(Reported::Returned(raw))) = report.outcome else {
+            panic!("{report:?}")
+        };
         assert_eq!(raw.get(), "null");
     }
 

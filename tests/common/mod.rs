@@ -1,6 +1,10 @@
 //! Starts the real service (real nsjail, real sandbox Python) on a loopback port.
 #![allow(dead_code, reason = "each test file uses a different part")]
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a failed unwrap is a failed test")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a failed unwrap is a failed test"
+)]
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -20,7 +24,7 @@ pub struct TestApp {
 pub fn test_config(work_root: &Path) -> Config {
     let mut config = Config::default();
     config.sandbox.profile = Path::new(env!("CARGO_MANIFEST_DIR")).join("nsjail/cloudrun.cfg");
-    config.sandbox.work_root = work_root.to_owned();
+    work_root.clone_into(&mut config.sandbox.work_root);
     config.sandbox.max_concurrency = 4;
     config
 }
@@ -35,11 +39,19 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Config)) -> TestApp {
     let mut config = test_config(work_root.path());
     customize(&mut config);
     let state = AppState::new(config);
-    state.sandbox.check().await.expect("the sandbox works: run `make test`, which installs it");
+    state
+        .sandbox
+        .check()
+        .await
+        .expect("the sandbox works: run `make test`, which installs it");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router(state)).await });
-    TestApp { addr, client: reqwest::Client::new(), work_root }
+    TestApp {
+        addr,
+        client: reqwest::Client::new(),
+        work_root,
+    }
 }
 
 impl TestApp {
@@ -53,11 +65,21 @@ impl TestApp {
     }
 
     pub async fn post_json(&self, body: &Value) -> (u16, Value) {
-        let response = self.client.post(self.url("/execute")).json(body).send().await.unwrap();
+        let response = self
+            .client
+            .post(self.url("/execute"))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
         read(response).await
     }
 
-    pub async fn post_raw(&self, content_type: Option<&str>, body: impl Into<reqwest::Body>) -> (u16, Value) {
+    pub async fn post_raw(
+        &self,
+        content_type: Option<&str>,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, Value) {
         let mut request = self.client.post(self.url("/execute")).body(body);
         if let Some(content_type) = content_type {
             request = request.header("content-type", content_type);
@@ -82,15 +104,20 @@ impl TestApp {
 pub async fn read(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
     let text = response.text().await.unwrap();
-    let body = serde_json::from_str(&text).unwrap_or_else(|error| panic!("body is not JSON ({error}): {text:?}"));
+    let body = serde_json::from_str(&text)
+        .unwrap_or_else(|error| panic!("body is not JSON ({error}): {text:?}"));
     (status, body)
 }
 
 /// Asserts the error shape every non-2xx shares and returns the code.
 pub fn error_code(body: &Value) -> &str {
-    let message = body["error"].as_str().unwrap_or_else(|| panic!("no error message: {body}"));
+    let message = body["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error message: {body}"));
     assert!(!message.is_empty(), "{body}");
-    body["code"].as_str().unwrap_or_else(|| panic!("no code: {body}"))
+    body["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no code: {body}"))
 }
 
 /// Processes still running as `uid` after waiting up to 2 s for killed ones to be reaped.
@@ -109,8 +136,13 @@ pub async fn processes_left(uid: u32) -> Vec<String> {
 pub fn processes_of(uid: u32) -> Vec<String> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else { continue };
-        let owner = status.lines().find_map(|line| line.strip_prefix("Uid:")).and_then(|ids| ids.split_whitespace().next());
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        let owner = status
+            .lines()
+            .find_map(|line| line.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().next());
         if owner == Some(&uid.to_string()) {
             let name = status.lines().next().unwrap_or_default().to_owned();
             found.push(format!("{}: {name}", entry.file_name().to_string_lossy()));
