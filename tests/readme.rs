@@ -1,0 +1,68 @@
+//! Every `curl` example in README.md, run against the real service: the answer must be the JSON
+//! the README shows next to it (but for `duration_ms`, which varies).
+#![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
+
+mod common;
+
+use serde_json::Value;
+
+/// (language, text) of each fenced block, in order.
+fn fenced_blocks(markdown: &str) -> Vec<(String, String)> {
+    let mut blocks = Vec::new();
+    let mut open: Option<(String, String)> = None;
+    for line in markdown.lines() {
+        match (line.strip_prefix("```"), open.take()) {
+            (Some(lang), None) => open = Some((lang.trim().to_owned(), String::new())),
+            (Some(_), Some(block)) => blocks.push(block),
+            (None, Some((lang, mut text))) => {
+                text.push_str(line);
+                text.push('\n');
+                open = Some((lang, text));
+            }
+            (None, None) => {}
+        }
+    }
+    blocks
+}
+
+fn without_duration(mut value: Value) -> Value {
+    if let Some(object) = value.as_object_mut() {
+        object.remove("duration_ms");
+    }
+    value
+}
+
+#[tokio::test]
+async fn readme_curl_examples_answer_what_the_readme_says() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let blocks = fenced_blocks(&readme);
+    let examples: Vec<_> = blocks
+        .windows(2)
+        .filter(|pair| pair[0].0 == "sh" && pair[0].1.starts_with("curl") && pair[1].0 == "json")
+        .map(|pair| (pair[0].1.clone(), pair[1].1.clone()))
+        .collect();
+    assert!(
+        examples.len() >= 5,
+        "README.md has its curl examples: {}",
+        examples.len()
+    );
+
+    let app = common::spawn_app().await;
+    for (command, expected) in examples {
+        let command = command.replace("localhost:8080", &app.addr.to_string());
+        let output = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("bash")
+                .arg("-c")
+                .arg(&command)
+                .output()
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let answer: Value = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stdout)));
+        let expected: Value = serde_json::from_str(&expected).unwrap();
+        assert_eq!(without_duration(answer), without_duration(expected));
+    }
+}
