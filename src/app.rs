@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::sandbox::Sandbox;
+use crate::sandbox::{Sandbox, StartError};
 
 /// One `Clone` struct of `Arc`s, passed through axum's `State`.
 #[derive(Debug, Clone)]
@@ -13,11 +13,13 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(config: Config) -> Self {
-        let sandbox = Sandbox::new(config.sandbox.clone(), config.limits.clone());
-        Self {
+    /// Starts the sandbox (probing what this host allows); fails only when the configuration
+    /// demands a stronger profile than the host supports.
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        let sandbox = Sandbox::start(config.sandbox.clone(), config.limits.clone()).await?;
+        Ok(Self {
             config: Arc::new(config),
             sandbox: Arc::new(sandbox),
-        }
+        })
     }
 }

@@ -43,14 +43,24 @@ pub struct SandboxConfig {
     /// The sandbox interpreter (a venv of Debian's python3 with numpy and pandas).
     /// Default `/opt/pyexec/sandbox/bin/python3`; env `PYEXEC_PYTHON`.
     pub python: PathBuf,
-    /// The jail profile: an nsjail config file (protobuf text format).
-    /// Default `nsjail/cloudrun.cfg`, relative to the working directory; env `PYEXEC_NSJAIL_CONFIG`.
-    pub profile: PathBuf,
+    /// Which jail profile runs scripts: `auto` (default: `strict` where this kernel allows it,
+    /// else `cloudrun` with a loud warning), `strict` or `cloudrun`; env `PYEXEC_PROFILE`.
+    pub profile: ProfileChoice,
+    /// The weakest profile the service may run with. `strict` makes a deployment refuse to
+    /// start (fail closed) rather than degrade to `cloudrun`. Default `cloudrun`;
+    /// env `PYEXEC_REQUIRE_PROFILE`.
+    pub require: Profile,
+    /// The directory holding the profiles (`strict.cfg`, `cloudrun.cfg`) and the seccomp
+    /// policy (`seccomp.kafel`). Default `nsjail`, relative to the working directory;
+    /// env `PYEXEC_PROFILE_DIR`.
+    pub profile_dir: PathBuf,
     /// Where each execution's private directory is created. Default `/tmp`; env `PYEXEC_WORK_ROOT`.
     pub work_root: PathBuf,
-    /// The unprivileged uid and gid scripts run as. Default 65534 (nobody/nogroup).
-    pub uid: u32,
-    pub gid: u32,
+    /// Executions run as host uid = gid = `uid_base + slot`, one slot per concurrent
+    /// execution, so no two running scripts share a uid and everything a finished one left
+    /// behind can be found and removed by uid. Those ids must belong to nothing else on the
+    /// host. Default 990000.
+    pub uid_base: u32,
     /// Sandboxes running at once; further requests wait. 0 (default) means one per CPU;
     /// env `PYEXEC_MAX_CONCURRENCY`.
     pub max_concurrency: usize,
@@ -69,6 +79,72 @@ pub struct Limits {
     pub output_bytes: usize,
     /// Largest JSON encoding of `main()`'s return value, in bytes. Default 16 MiB.
     pub result_bytes: usize,
+    /// Memory per execution, in bytes: a cgroup limit where cgroups are writable, else an
+    /// address-space rlimit. Default 512 MiB (numpy and pandas need about 70 MiB resident).
+    pub memory_bytes: u64,
+    /// Processes and threads per execution. Default 64.
+    pub processes: u64,
+    /// CPU seconds per execution (all threads together). Default 60.
+    pub cpu_secs: u64,
+    /// Size of the private `/tmp` (strict profile), in bytes. Default 64 MiB.
+    pub tmp_bytes: u64,
+    /// Largest file a script may write, in bytes. Default 64 MiB.
+    pub file_bytes: u64,
+    /// Open file descriptors per process. Default 256.
+    pub open_files: u64,
+}
+
+/// A jail profile, weakest first: `cloudrun` < `strict`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// No namespaces: Cloud Run's first generation (gVisor).
+    CloudRun,
+    /// Every namespace, a private root, cgroup limits where available.
+    Strict,
+}
+
+/// The configured profile: one, or `auto` to probe for the strongest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProfileChoice {
+    Auto,
+    Strict,
+    CloudRun,
+}
+
+impl Profile {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::CloudRun => "cloudrun",
+            Self::Strict => "strict",
+        }
+    }
+}
+
+impl FromStr for Profile {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value {
+            "strict" => Ok(Self::Strict),
+            "cloudrun" => Ok(Self::CloudRun),
+            _ => Err("expected `strict` or `cloudrun`".to_owned()),
+        }
+    }
+}
+
+impl FromStr for ProfileChoice {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value {
+            "auto" => Ok(Self::Auto),
+            "strict" => Ok(Self::Strict),
+            "cloudrun" => Ok(Self::CloudRun),
+            _ => Err("expected `auto`, `strict` or `cloudrun`".to_owned()),
+        }
+    }
 }
 
 /// The log line format.
@@ -107,10 +183,11 @@ impl Default for SandboxConfig {
         Self {
             nsjail: PathBuf::from("/opt/pyexec/bin/nsjail"),
             python: PathBuf::from("/opt/pyexec/sandbox/bin/python3"),
-            profile: PathBuf::from("nsjail/cloudrun.cfg"),
+            profile: ProfileChoice::Auto,
+            require: Profile::CloudRun,
+            profile_dir: PathBuf::from("nsjail"),
             work_root: PathBuf::from("/tmp"),
-            uid: 65534,
-            gid: 65534,
+            uid_base: 990_000,
             max_concurrency: 0,
         }
     }
@@ -123,6 +200,12 @@ impl Default for Limits {
             time_limit_ms: 30_000,
             output_bytes: 1024 * 1024,
             result_bytes: 16 * 1024 * 1024,
+            memory_bytes: 512 << 20,
+            processes: 64,
+            cpu_secs: 60,
+            tmp_bytes: 64 << 20,
+            file_bytes: 64 << 20,
+            open_files: 256,
         }
     }
 }
@@ -192,7 +275,9 @@ impl Config {
         override_from(&env, "PYEXEC_LOG_FORMAT", &mut server.log_format)?;
         override_from(&env, "PYEXEC_NSJAIL", &mut sandbox.nsjail)?;
         override_from(&env, "PYEXEC_PYTHON", &mut sandbox.python)?;
-        override_from(&env, "PYEXEC_NSJAIL_CONFIG", &mut sandbox.profile)?;
+        override_from(&env, "PYEXEC_PROFILE", &mut sandbox.profile)?;
+        override_from(&env, "PYEXEC_REQUIRE_PROFILE", &mut sandbox.require)?;
+        override_from(&env, "PYEXEC_PROFILE_DIR", &mut sandbox.profile_dir)?;
         override_from(&env, "PYEXEC_WORK_ROOT", &mut sandbox.work_root)?;
         override_from(&env, "PYEXEC_MAX_CONCURRENCY", &mut sandbox.max_concurrency)?;
         override_from(&env, "PYEXEC_TIME_LIMIT_MS", &mut limits.time_limit_ms)?;
@@ -232,9 +317,14 @@ impl Config {
                 "limits.result_bytes must be at least 1",
             ),
             (
-                self.sandbox.uid == 0 || self.sandbox.gid == 0,
-                "sandbox.uid and sandbox.gid must not be 0 (root)",
+                self.sandbox.uid_base < 1000,
+                "sandbox.uid_base must be at least 1000: never root or a system user",
             ),
+            (
+                limits.memory_bytes < 64 << 20,
+                "limits.memory_bytes must be at least 64 MiB",
+            ),
+            (limits.processes == 0, "limits.processes must be at least 1"),
         ];
         match checks.into_iter().find(|(failed, _)| *failed) {
             Some((_, message)) => Err(ConfigError::Invalid(message.to_owned())),
@@ -310,7 +400,7 @@ mod tests {
     fn a_root_sandbox_uid_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("root.toml");
-        std::fs::write(&path, "[sandbox]\nuid = 0\n").unwrap();
+        std::fs::write(&path, "[sandbox]\nuid_base = 0\n").unwrap();
         let path = path.to_str().unwrap().to_owned();
         let error =
             Config::load(move |name| (name == "PYEXEC_CONFIG").then(|| path.clone())).unwrap_err();

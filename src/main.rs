@@ -12,16 +12,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = Config::from_env()?;
     telemetry::init(config.server.log_format);
     let addr = config.server.listen_addr();
-    let state = AppState::new(config);
-    match state.sandbox.check().await {
-        Ok(()) => {
-            tracing::info!(profile = %state.config.sandbox.profile.display(), "sandbox ready");
-        }
-        Err(reason) => tracing::error!(
-            reason,
-            "sandbox unavailable: /health answers 503 until it works"
-        ),
-    }
+    let state = AppState::start(config).await?;
     let shutdown = shutdown_signal()?;
     let listener = TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "listening");

@@ -3,6 +3,8 @@
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+pub use crate::sandbox::Isolation;
+
 /// `200` from `POST /execute`: `main()`'s return value and what the script printed.
 #[derive(Debug, Serialize)]
 pub struct ExecuteResponse {
@@ -29,7 +31,8 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize)]
 pub struct HealthResponse {
     pub status: &'static str,
-    pub profile: String,
+    pub profile: &'static str,
+    pub isolation: Isolation,
 }
 
 /// `GET /`: what this service offers.
@@ -40,7 +43,7 @@ pub struct InfoResponse {
     pub description: &'static str,
     pub endpoints: Vec<Endpoint>,
     pub limits: InfoLimits,
-    pub profile: String,
+    pub isolation: Isolation,
 }
 
 #[derive(Debug, Serialize)]
@@ -56,4 +59,10 @@ pub struct InfoLimits {
     pub time_limit_ms: u64,
     pub output_bytes: usize,
     pub result_bytes: usize,
+    pub memory_bytes: u64,
+    pub processes: u64,
+    pub cpu_secs: u64,
+    pub tmp_bytes: u64,
+    pub file_bytes: u64,
+    pub open_files: u64,
 }

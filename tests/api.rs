@@ -29,9 +29,21 @@ async fn health_is_healthy_when_the_sandbox_works() {
     let app = spawn_app().await;
     let (status, body) = app.get("/health").await;
     assert_eq!(
-        (status, body),
-        (200, json!({"status": "healthy", "profile": "cloudrun"}))
+        (status, &body["status"]),
+        (200, &json!("healthy")),
+        "{body}"
     );
+    assert_eq!(
+        body["profile"], "strict",
+        "auto picks strict where the kernel allows it: {body}"
+    );
+    assert_eq!(body["isolation"]["profile"], "strict");
+    assert_eq!(
+        body["isolation"]["limits"], "cgroup_v1",
+        "this host mounts cgroup v1: {body}"
+    );
+    let guarantees = body["isolation"]["guarantees"].to_string();
+    assert!(guarantees.contains("own pid namespace"), "{guarantees}");
 }
 
 #[tokio::test]
@@ -39,8 +51,8 @@ async fn health_is_503_with_the_reason_when_nsjail_is_missing() {
     let work_root = tempfile::tempdir().unwrap();
     let mut config = common::test_config(work_root.path());
     config.sandbox.nsjail = "/nonexistent/nsjail".into();
-    let state = pyexec::AppState::new(config);
-    assert!(state.sandbox.check().await.is_err());
+    let state = pyexec::AppState::start(config).await.unwrap();
+    assert!(state.sandbox.health().await.is_err());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, pyexec::router(state)).await });

@@ -1,6 +1,12 @@
 """pyexec's harness: runs one user script inside the jail and reports what main() did.
 
-Invoked as `python -I -u -X utf8 -B harness.py RESULT_FD MAX_RESULT_BYTES SCRIPT_PATH`.
+Invoked as `python -I -u -X utf8 -B harness.py SETTINGS SCRIPT_PATH`, where SETTINGS is a
+JSON object from the service: {"result_fd": 3, "result_bytes": N, "rlimits": {NAME: N},
+"limits": {NAME: N}} (see src/sandbox/command.rs).
+
+Before any user code runs it lowers its own rlimits (address space where no cgroup bounds
+memory, processes, CPU time, file size, open files): a process may always lower its own,
+even where nsjail may not set them (Cloud Run's first generation).
 
 The report travels on its own file descriptor (RESULT_FD, passed in by nsjail), never on
 stdout or stderr, so nothing the script prints can corrupt or fake it. It is a sequence of
@@ -14,11 +20,13 @@ subprocesses is captured too; the service reads them. This file is embedded in t
 binary (include_str!) so harness and service can never drift apart.
 """
 
+import errno
 import faulthandler
 import inspect
 import json
 import math
 import os
+import resource
 import sys
 import traceback
 import types
@@ -49,9 +57,15 @@ class Reporter:
         self._file.flush()
 
 
+HARNESS_PID = os.getpid()
+
+
 def finish(send, frame):
     """Sends the final frame and leaves at once: atexit hooks and non-daemon threads the
-    script left behind must not hold the execution open after main() has answered."""
+    script left behind must not hold the execution open after main() has answered.
+    A process the script forked runs this code too; only the harness itself reports."""
+    if os.getpid() != HARNESS_PID:
+        os._exit(0)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -75,7 +89,27 @@ def type_name(value):
     return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
 
 
-def exception_frame(exc, phase):
+LIMIT_ERRNOS = {
+    errno.EFBIG: ("file_bytes", "the file size limit of {} bytes was reached"),
+    errno.ENOSPC: ("tmp_bytes", "the disk is full: the /tmp size limit is {} bytes"),
+    errno.EMFILE: ("open_files", "the limit of {} open files was reached"),
+    errno.EAGAIN: ("processes", "the limit of {} processes and threads was reached"),
+}
+
+
+def limit_hint(exc, limits):
+    """Names the limit behind an error, so the caller knows which one they hit."""
+    if isinstance(exc, OSError) and exc.errno in LIMIT_ERRNOS:
+        name, text = LIMIT_ERRNOS[exc.errno]
+        return text.format(limits.get(name, "?"))
+    if isinstance(exc, RuntimeError) and "can't start new thread" in str(exc):
+        return LIMIT_ERRNOS[errno.EAGAIN][1].format(limits.get("processes", "?"))
+    return None
+
+
+def exception_frame(exc, phase, limits):
+    if isinstance(exc, MemoryError):
+        return {"event": "failed", "kind": "memory"}
     return {
         "event": "failed",
         "kind": "exception",
@@ -83,6 +117,7 @@ def exception_frame(exc, phase):
         "type": type_name(exc),
         "message": str(exc),
         "traceback": user_traceback(exc),
+        "hint": limit_hint(exc, limits),
     }
 
 
@@ -164,10 +199,25 @@ def required_parameters(function):
     ]
 
 
+def apply_rlimits(rlimits):
+    """Lowers each limit to (soft, hard); never tries to raise a hard limit already lower."""
+    for name, value in rlimits.items():
+        soft, hard = value if isinstance(value, list) else (value, value)
+        which = getattr(resource, "RLIMIT_" + name)
+        _, current_hard = resource.getrlimit(which)
+        if current_hard != resource.RLIM_INFINITY:
+            hard = min(hard, current_hard)
+        resource.setrlimit(which, (min(soft, hard), hard))
+
+
 def main():
-    result_fd, max_result_bytes, script_path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-    reporter = Reporter(result_fd)
+    settings, script_path = json.loads(sys.argv[1]), sys.argv[2]
+    max_result_bytes, limits = settings["result_bytes"], settings["limits"]
+    reporter = Reporter(settings["result_fd"])
     faulthandler.enable(file=sys.stderr)
+    apply_rlimits(settings["rlimits"])
+    # Files the script creates are private to its uid unless it says otherwise.
+    os.umask(0o077)
     reporter.send({"event": "started"})
 
     with open(script_path, "rb") as file:
@@ -195,7 +245,7 @@ def main():
     except SystemExit as exc:
         finish(reporter.send, exit_frame(exc))
     except BaseException as exc:
-        finish(reporter.send, exception_frame(exc, "load"))
+        finish(reporter.send, exception_frame(exc, "load", limits))
 
     function = module.__dict__.get("main")
     if function is None:
@@ -228,12 +278,14 @@ def main():
     except SystemExit as exc:
         finish(reporter.send, exit_frame(exc))
     except BaseException as exc:
-        finish(reporter.send, exception_frame(exc, "main"))
+        finish(reporter.send, exception_frame(exc, "main", limits))
 
     try:
         encoded = json.dumps(value, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError, RecursionError) as exc:
         finish(reporter.send, not_serializable_frame(value, exc))
+    except MemoryError:
+        finish(reporter.send, {"event": "failed", "kind": "memory"})
     if len(encoded) > max_result_bytes:
         finish(reporter.send, {
             "event": "failed",

@@ -13,7 +13,7 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-/// The harness, run as `python harness.py RESULT_FD MAX_RESULT_BYTES SCRIPT`.
+/// The harness, run as `python harness.py SETTINGS SCRIPT`.
 const HARNESS: &str = include_str!("harness.py");
 /// The harness's file name inside an execution's directory.
 pub const HARNESS_FILE: &str = "harness.py";
@@ -58,7 +58,11 @@ pub enum Reported {
         type_name: String,
         message: String,
         traceback: String,
+        /// Which limit caused it, when the harness could tell (`EFBIG`, `EAGAIN`, ...).
+        hint: Option<String>,
     },
+    /// `MemoryError`: the address-space limit was reached.
+    Memory,
     NotSerializable {
         type_name: String,
         message: String,
@@ -102,6 +106,7 @@ struct Frame {
     column: Option<u64>,
     text: Option<String>,
     code: Option<serde_json::Value>,
+    hint: Option<String>,
     bytes: Option<u64>,
     limit: Option<u64>,
 }
@@ -167,7 +172,9 @@ impl Frame {
                 type_name: text(self.type_name),
                 message: text(self.message),
                 traceback: text(self.traceback),
+                hint: self.hint,
             },
+            ("failed", Some("memory")) => Reported::Memory,
             ("failed", Some("not_serializable")) => Reported::NotSerializable {
                 type_name: text(self.type_name),
                 message: text(self.message),
@@ -255,6 +262,7 @@ mod tests {
             type_name,
             message,
             traceback,
+            hint: None,
         })) = report.outcome
         else {
             panic!("{report:?}")

@@ -130,6 +130,8 @@ fn failure_code(failure: &ScriptFailure) -> &'static str {
         ScriptFailure::SysExit { .. } | ScriptFailure::Exited { .. } => "script_exited",
         ScriptFailure::Crashed { .. } => "script_crashed",
         ScriptFailure::TimeLimit { .. } => "time_limit_exceeded",
+        ScriptFailure::MemoryLimit { .. } => "memory_limit_exceeded",
+        ScriptFailure::CpuLimit { .. } => "cpu_limit_exceeded",
         ScriptFailure::UnreadableResult(_) => "result_unreadable",
     }
 }
@@ -170,6 +172,10 @@ impl FailedExecution {
                 json!({"signal": signal, "signal_name": signal_name(*signal)})
             }
             ScriptFailure::TimeLimit { limit_ms } => json!({"time_limit_ms": limit_ms}),
+            ScriptFailure::MemoryLimit { limit_bytes } => {
+                json!({"memory_limit_bytes": limit_bytes})
+            }
+            ScriptFailure::CpuLimit { limit_secs } => json!({"cpu_limit_secs": limit_secs}),
             ScriptFailure::NoMain { .. }
             | ScriptFailure::MainRequiresArguments { .. }
             | ScriptFailure::UnreadableResult(_) => json!({}),

@@ -1,4 +1,5 @@
-//! `GET /health`: 200 when scripts can run, 503 with the reason otherwise (Cloud Run's probes).
+//! `GET /health`: 200 when scripts can run, with the active profile and what it guarantees;
+//! 503 with the reason otherwise (Cloud Run's probes).
 
 use axum::Json;
 use axum::extract::State;
@@ -6,14 +7,15 @@ use axum::extract::State;
 use super::ApiError;
 use crate::app::AppState;
 use crate::protocol::HealthResponse;
-use crate::sandbox::profile_name;
 
 pub(super) async fn health(
     State(state): State<AppState>,
 ) -> Result<Json<HealthResponse>, ApiError> {
-    state.sandbox.health().await.map_err(ApiError::Unhealthy)?;
+    let sandbox = &state.sandbox;
+    sandbox.health().await.map_err(ApiError::Unhealthy)?;
     Ok(Json(HealthResponse {
         status: "healthy",
-        profile: profile_name(&state.config.sandbox.profile),
+        profile: sandbox.profile().name(),
+        isolation: sandbox.isolation(),
     }))
 }

@@ -5,7 +5,6 @@ use axum::extract::State;
 
 use crate::app::AppState;
 use crate::protocol::{Endpoint, InfoLimits, InfoResponse};
-use crate::sandbox::profile_name;
 
 pub(super) async fn info(State(state): State<AppState>) -> Json<InfoResponse> {
     let limits = &state.config.limits;
@@ -23,7 +22,8 @@ pub(super) async fn info(State(state): State<AppState>) -> Json<InfoResponse> {
             Endpoint {
                 method: "GET",
                 path: "/health",
-                description: "200 {\"status\": \"healthy\"} when scripts can run, 503 with the reason otherwise.",
+                description: "200 {\"status\": \"healthy\", ...} with the active jail profile and what it \
+                              guarantees when scripts can run, 503 with the reason otherwise.",
             },
             Endpoint {
                 method: "GET",
@@ -36,7 +36,13 @@ pub(super) async fn info(State(state): State<AppState>) -> Json<InfoResponse> {
             time_limit_ms: limits.time_limit_ms,
             output_bytes: limits.output_bytes,
             result_bytes: limits.result_bytes,
+            memory_bytes: limits.memory_bytes,
+            processes: limits.processes,
+            cpu_secs: limits.cpu_secs,
+            tmp_bytes: limits.tmp_bytes,
+            file_bytes: limits.file_bytes,
+            open_files: limits.open_files,
         },
-        profile: profile_name(&state.config.sandbox.profile),
+        isolation: state.sandbox.isolation(),
     })
 }

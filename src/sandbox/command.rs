@@ -1,21 +1,119 @@
-//! Builds the nsjail command line for one execution. Pure: it spawns nothing, so the argv is
-//! unit-tested. The static policy lives in the profile file (`nsjail/*.cfg`); only per-run
-//! values are flags here, so a second profile is a file, not a rewrite.
+//! Builds the command line for one execution. Pure: it spawns nothing, so the argv is
+//! unit-tested. The static policy lives in the profile file (`nsjail/<profile>.cfg`); only
+//! per-run values are flags here, so a profile is a file plus a few facts in `profile.rs`.
 
-use std::path::Path;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 
+use serde_json::json;
 use tokio::process::Command;
 
 use super::process::ExtraFds;
-use crate::config::{Limits, SandboxConfig};
+use super::profile::SECCOMP_POLICY;
+use crate::config::{Limits, Profile, SandboxConfig};
 use crate::harness::{HARNESS_FILE, SCRIPT_FILE};
 
 /// The descriptors every execution uses: 3 is passed into the jail for the result frames,
 /// 4 carries nsjail's own log and is closed before the script starts.
 pub const FDS: ExtraFds = ExtraFds { result: 3, log: 4 };
 
-/// The private temp directory inside an execution's directory, exported as TMPDIR and HOME.
+/// The private temp directory inside an execution's directory (profiles without a mount
+/// namespace), exported as TMPDIR and HOME.
 pub const TMP_DIR: &str = "tmp";
+
+/// Where a namespaced jail sees the execution's directory.
+const JAIL_WORKDIR: &str = "/sandbox";
+
+/// The uid and gid scripts have inside a user namespace.
+const JAIL_ID: u32 = 65534;
+
+/// Joins the cgroups named before `--`, then becomes the command after it: the jail is in its
+/// groups from its first instruction, with no race and no code of ours between fork and exec.
+const JOIN_CGROUPS: &str = r#"while [ "$1" != "--" ]; do echo $$ > "$1/cgroup.procs" || exit 125; shift; done; shift; exec "$@""#;
+
+/// BLAS and OpenMP pools sized to one thread, so numpy stays inside the process limit.
+const THREAD_ENV: [&str; 4] = [
+    "OPENBLAS_NUM_THREADS=1",
+    "OMP_NUM_THREADS=1",
+    "MKL_NUM_THREADS=1",
+    "NUMEXPR_NUM_THREADS=1",
+];
+
+/// Everything that varies between executions.
+#[derive(Debug)]
+pub struct Run<'a> {
+    pub config: &'a SandboxConfig,
+    pub limits: &'a Limits,
+    pub profile: Profile,
+    /// The execution's private directory: harness, script and (no mount namespace) `tmp/`.
+    pub workdir: &'a Path,
+    /// The host uid and gid of the execution's slot.
+    pub uid: u32,
+    /// The cgroup directories to join, if memory and processes are bounded by a cgroup.
+    pub cgroup_dirs: &'a [PathBuf],
+}
+
+/// nsjail nowhere else than here: nsjail itself gets an empty environment.
+pub fn build(run: &Run<'_>) -> Command {
+    let mut cmd = if run.cgroup_dirs.is_empty() {
+        Command::new(&run.config.nsjail)
+    } else {
+        let mut sh = Command::new("/bin/sh");
+        sh.args(["-c", JOIN_CGROUPS, "pyexec-join-cgroups"])
+            .args(run.cgroup_dirs)
+            .arg("--")
+            .arg(&run.config.nsjail);
+        sh
+    };
+    let dir = &run.config.profile_dir;
+    cmd.arg("--config")
+        .arg(dir.join(run.profile.config_file()))
+        .arg("--seccomp_policy")
+        .arg(dir.join(SECCOMP_POLICY))
+        .args([
+            "--log_fd",
+            &FDS.log.to_string(),
+            "--pass_fd",
+            &FDS.result.to_string(),
+        ])
+        .args(["--time_limit", &backstop_secs(run.limits).to_string()]);
+    let (jail_workdir, tmp) = if run.profile.namespaced() {
+        let ids = format!("{JAIL_ID}:{}:1", run.uid);
+        let mut bind = OsString::from(run.workdir);
+        bind.push(format!(":{JAIL_WORKDIR}"));
+        cmd.args(["--user", &ids, "--group", &ids])
+            .arg("--bindmount_ro")
+            .arg(bind)
+            .args([
+                "--mount",
+                &format!("none:/tmp:tmpfs:size={}", run.limits.tmp_bytes),
+            ]);
+        (PathBuf::from(JAIL_WORKDIR), PathBuf::from("/tmp"))
+    } else {
+        let id = run.uid.to_string();
+        cmd.args(["--user", &id, "--group", &id]);
+        (run.workdir.to_owned(), run.workdir.join(TMP_DIR))
+    };
+    cmd.arg("--cwd").arg(&jail_workdir);
+    for name in ["TMPDIR", "HOME"] {
+        let mut pair = OsString::from(format!("{name}="));
+        pair.push(&tmp);
+        cmd.arg("--env").arg(pair);
+    }
+    for pair in THREAD_ENV {
+        cmd.args(["--env", pair]);
+    }
+    cmd.arg("--")
+        .arg(&run.config.python)
+        // Isolated mode (no env, no user site, no script dir on sys.path), unbuffered so output
+        // written before a kill is not lost, UTF-8 whatever the locale, no bytecode writes.
+        .args(["-I", "-u", "-X", "utf8", "-B", HARNESS_FILE])
+        .arg(harness_settings(run).to_string())
+        .arg(SCRIPT_FILE)
+        .env_clear()
+        .current_dir(run.workdir);
+    cmd
+}
 
 /// nsjail's own `time_limit` is whole seconds and only a backstop: the service enforces the
 /// real limit in milliseconds (and in `-Me` mode nsjail does not enforce it at all).
@@ -23,50 +121,32 @@ fn backstop_secs(limits: &Limits) -> u64 {
     limits.time_limit_ms.div_ceil(1000) + 1
 }
 
-/// The command that runs the harness on the script in `workdir`.
-pub fn nsjail(config: &SandboxConfig, limits: &Limits, workdir: &Path) -> Command {
-    let tmp = workdir.join(TMP_DIR);
-    let mut cmd = Command::new(&config.nsjail);
-    cmd.arg("--config")
-        .arg(&config.profile)
-        .args([
-            "--log_fd",
-            &FDS.log.to_string(),
-            "--pass_fd",
-            &FDS.result.to_string(),
-        ])
-        .args([
-            "--user",
-            &config.uid.to_string(),
-            "--group",
-            &config.gid.to_string(),
-        ])
-        .args(["--time_limit", &backstop_secs(limits).to_string()])
-        .arg("--cwd")
-        .arg(workdir)
-        .arg("--env")
-        .arg(env_var("TMPDIR", &tmp))
-        .arg("--env")
-        .arg(env_var("HOME", &tmp))
-        .arg("--")
-        .arg(&config.python)
-        // Isolated mode (no env, no user site, no script dir on sys.path), unbuffered so output
-        // written before a kill is not lost, UTF-8 whatever the locale, no bytecode writes.
-        .args(["-I", "-u", "-X", "utf8", "-B", HARNESS_FILE])
-        .args([
-            FDS.result.to_string(),
-            limits.result_bytes.to_string(),
-            SCRIPT_FILE.to_owned(),
-        ])
-        .env_clear()
-        .current_dir(workdir);
-    cmd
-}
-
-fn env_var(name: &str, path: &Path) -> std::ffi::OsString {
-    let mut pair = std::ffi::OsString::from(format!("{name}="));
-    pair.push(path);
-    pair
+/// What the harness needs: where to report, and the rlimits to set on itself before any
+/// user code runs. Memory is an address-space limit only where no cgroup bounds it: address
+/// space overcounts (numpy maps far more than it touches), so a cgroup is the better bound.
+fn harness_settings(run: &Run<'_>) -> serde_json::Value {
+    let limits = run.limits;
+    let mut rlimits = json!({
+        "NPROC": limits.processes,
+        "CPU": [limits.cpu_secs, limits.cpu_secs + 1],
+        "FSIZE": limits.file_bytes,
+        "NOFILE": limits.open_files,
+        "CORE": 0,
+    });
+    if run.cgroup_dirs.is_empty() {
+        rlimits["AS"] = json!(limits.memory_bytes);
+    }
+    json!({
+        "result_fd": FDS.result,
+        "result_bytes": limits.result_bytes,
+        "rlimits": rlimits,
+        "limits": {
+            "processes": limits.processes,
+            "file_bytes": limits.file_bytes,
+            "tmp_bytes": limits.tmp_bytes,
+            "open_files": limits.open_files,
+        },
+    })
 }
 
 #[cfg(test)]
@@ -80,38 +160,121 @@ mod tests {
             .collect()
     }
 
+    fn has(args: &[String], pair: [&str; 2]) -> bool {
+        args.windows(2).any(|w| w == pair)
+    }
+
+    fn run<'a>(
+        config: &'a SandboxConfig,
+        limits: &'a Limits,
+        profile: Profile,
+        cgroups: &'a [PathBuf],
+    ) -> Run<'a> {
+        Run {
+            config,
+            limits,
+            profile,
+            workdir: Path::new("/tmp/pyexec-abc"),
+            uid: 990_001,
+            cgroup_dirs: cgroups,
+        }
+    }
+
     #[test]
-    fn per_run_values_are_flags_and_the_policy_is_the_profile() {
+    fn strict_maps_the_jail_uid_to_the_slot_and_binds_the_workdir_read_only() {
         let config = SandboxConfig::default();
         let limits = Limits {
             time_limit_ms: 2500,
             ..Limits::default()
         };
-        let cmd = nsjail(&config, &limits, Path::new("/tmp/pyexec-abc"));
+        let cmd = build(&run(&config, &limits, Profile::Strict, &[]));
         let args = argv(&cmd);
-        let has = |pair: [&str; 2]| args.windows(2).any(|w| w == pair);
-        assert!(has(["--config", "nsjail/cloudrun.cfg"]), "{args:?}");
-        assert!(has(["--time_limit", "4"]), "{args:?}");
+        assert_eq!(cmd.as_std().get_program(), "/opt/pyexec/bin/nsjail");
+        assert!(has(&args, ["--config", "nsjail/strict.cfg"]), "{args:?}");
         assert!(
-            has(["--user", "65534"]) && has(["--group", "65534"]),
+            has(&args, ["--seccomp_policy", "nsjail/seccomp.kafel"]),
+            "{args:?}"
+        );
+        assert!(has(&args, ["--time_limit", "4"]), "{args:?}");
+        assert!(
+            has(&args, ["--user", "65534:990001:1"]) && has(&args, ["--group", "65534:990001:1"]),
             "{args:?}"
         );
         assert!(
-            has(["--pass_fd", "3"]) && has(["--log_fd", "4"]),
+            has(&args, ["--bindmount_ro", "/tmp/pyexec-abc:/sandbox"]),
             "{args:?}"
         );
-        assert!(has(["--cwd", "/tmp/pyexec-abc"]), "{args:?}");
-        assert!(has(["--env", "TMPDIR=/tmp/pyexec-abc/tmp"]), "{args:?}");
+        assert!(
+            has(&args, ["--mount", "none:/tmp:tmpfs:size=67108864"]),
+            "{args:?}"
+        );
+        assert!(
+            has(&args, ["--cwd", "/sandbox"]) && has(&args, ["--env", "TMPDIR=/tmp"]),
+            "{args:?}"
+        );
+        assert!(
+            has(&args, ["--pass_fd", "3"]) && has(&args, ["--log_fd", "4"]),
+            "{args:?}"
+        );
         let jailed = &args[args.iter().position(|a| a == "--").unwrap() + 1..];
         assert_eq!(jailed[0], "/opt/pyexec/sandbox/bin/python3");
+        assert_eq!(jailed[jailed.len() - 1], "main.py");
+        let settings: serde_json::Value = serde_json::from_str(&jailed[jailed.len() - 2]).unwrap();
         assert_eq!(
-            jailed[jailed.len() - 4..],
-            ["harness.py", "3", "16777216", "main.py"]
+            settings["rlimits"]["AS"],
+            512 << 20,
+            "no cgroup: memory is an rlimit"
         );
         assert_eq!(
             cmd.as_std().get_envs().count(),
             0,
             "nsjail itself gets an empty environment"
         );
+    }
+
+    #[test]
+    fn cloudrun_runs_as_the_slot_uid_in_the_host_workdir() {
+        let config = SandboxConfig::default();
+        let limits = Limits::default();
+        let args = argv(&build(&run(&config, &limits, Profile::CloudRun, &[])));
+        assert!(has(&args, ["--config", "nsjail/cloudrun.cfg"]), "{args:?}");
+        assert!(
+            has(&args, ["--user", "990001"]) && has(&args, ["--group", "990001"]),
+            "{args:?}"
+        );
+        assert!(has(&args, ["--cwd", "/tmp/pyexec-abc"]), "{args:?}");
+        assert!(
+            has(&args, ["--env", "TMPDIR=/tmp/pyexec-abc/tmp"]),
+            "{args:?}"
+        );
+        assert!(!args.iter().any(|a| a == "--bindmount_ro"), "{args:?}");
+    }
+
+    #[test]
+    fn with_a_cgroup_the_jail_joins_it_before_nsjail_starts() {
+        let config = SandboxConfig::default();
+        let limits = Limits::default();
+        let dirs = [
+            PathBuf::from("/sys/fs/cgroup/memory/pyexec/x"),
+            PathBuf::from("/sys/fs/cgroup/pids/pyexec/x"),
+        ];
+        let cmd = build(&run(&config, &limits, Profile::Strict, &dirs));
+        let args = argv(&cmd);
+        assert_eq!(cmd.as_std().get_program(), "/bin/sh");
+        assert_eq!(
+            args[3..7],
+            [
+                dirs[0].to_str().unwrap(),
+                dirs[1].to_str().unwrap(),
+                "--",
+                "/opt/pyexec/bin/nsjail"
+            ]
+        );
+        let settings: serde_json::Value = serde_json::from_str(&args[args.len() - 2]).unwrap();
+        assert!(
+            settings["rlimits"].get("AS").is_none(),
+            "the cgroup bounds memory: {settings}"
+        );
+        assert_eq!(settings["rlimits"]["NPROC"], 64);
     }
 }

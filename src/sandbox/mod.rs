@@ -1,25 +1,29 @@
-//! Runs validated scripts in nsjail: one fresh jail and one private directory per execution,
-//! a concurrency limit, and the classification of what happened. A script that fails is an
-//! [`Outcome`], not an error; [`SandboxError`] is only for the sandbox itself failing.
+//! Runs validated scripts in nsjail: one fresh jail, one private directory, one slot (a host
+//! uid of its own) and, where the host allows, one cgroup per execution. At start-up it finds
+//! out what this kernel allows and picks the strongest profile that works. A script that fails
+//! is an [`Outcome`], not an error; [`SandboxError`] is only for the sandbox itself failing.
 
+mod cgroup;
 mod command;
+mod outcome;
 mod process;
+mod profile;
+mod slots;
 
-use std::fmt;
 use std::io;
 use std::os::unix::fs::{PermissionsExt, chown};
-use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use serde_json::value::RawValue;
-use tokio::sync::Semaphore;
+pub use outcome::{Execution, Outcome, Output, ScriptFailure, signal_name};
+pub use profile::{Isolation, LimitsBackend};
 
-use crate::config::{Limits, SandboxConfig};
-use crate::harness::{self, ProtocolError, Reported};
+use crate::config::{Limits, Profile, ProfileChoice, SandboxConfig};
+use crate::harness;
 use crate::validate::{Script, validate};
-use process::{Caps, Captured, Finished};
+use cgroup::Cgroups;
+use process::Caps;
+use slots::{Slot, Slots};
 
 /// nsjail's log is a few lines; more than this is noise.
 const LOG_CAP: usize = 64 * 1024;
@@ -35,7 +39,9 @@ const CANARY: &str = "def main():\n    return 'ok'\n";
 pub struct Sandbox {
     config: SandboxConfig,
     limits: Limits,
-    permits: Semaphore,
+    profile: Profile,
+    cgroups: Option<Cgroups>,
+    slots: Arc<Slots>,
     health: Mutex<Health>,
 }
 
@@ -43,69 +49,6 @@ pub struct Sandbox {
 struct Health {
     status: Result<(), String>,
     checked: Instant,
-}
-
-/// One finished execution: what happened and what the script printed.
-#[derive(Debug)]
-pub struct Execution {
-    pub outcome: Outcome,
-    pub stdout: Output,
-    pub stderr: Output,
-    pub duration: Duration,
-}
-
-/// Captured output, decoded lossily: invalid UTF-8 becomes U+FFFD.
-#[derive(Debug, Clone, Default)]
-pub struct Output {
-    pub text: String,
-    pub truncated: bool,
-}
-
-/// What the script did.
-#[derive(Debug)]
-pub enum Outcome {
-    /// `main()` returned this JSON, exactly as the harness encoded it.
-    Returned(Box<RawValue>),
-    Failed(ScriptFailure),
-}
-
-/// Every way a script can fail. Each is the caller's to fix, so each is a 400.
-#[derive(Debug, thiserror::Error)]
-pub enum ScriptFailure {
-    #[error("{}", syntax_message(.message, *.line, *.column, .text.as_deref()))]
-    Syntax {
-        message: String,
-        line: Option<u64>,
-        column: Option<u64>,
-        text: Option<String>,
-    },
-    #[error("{message}")]
-    NoMain { message: String },
-    #[error("{message}")]
-    MainRequiresArguments { message: String },
-    #[error("{} {type_name}: {message}", if *.during_load { "the script raised, while loading and before main() was called," } else { "main() raised" })]
-    Exception {
-        during_load: bool,
-        type_name: String,
-        message: String,
-        traceback: String,
-    },
-    #[error("{message}")]
-    NotSerializable { type_name: String, message: String },
-    #[error("main() returned a result of {bytes} bytes as JSON; the limit is {limit} bytes")]
-    ResultTooLarge { bytes: u64, limit: u64 },
-    #[error("the script called sys.exit({code}) before main() returned")]
-    SysExit { code: serde_json::Value },
-    #[error(
-        "the script exited with status {code} before main() returned (os._exit or a fatal interpreter error; see stderr)"
-    )]
-    Exited { code: i32 },
-    #[error("the script was stopped by signal {signal} ({}) before main() returned; see stderr", signal_name(*.signal))]
-    Crashed { signal: i32 },
-    #[error("the script exceeded the time limit of {} and was stopped", DisplayMs(*.limit_ms))]
-    TimeLimit { limit_ms: u64 },
-    #[error("the script's result could not be read ({0}); do not write to file descriptor 3")]
-    UnreadableResult(ProtocolError),
 }
 
 /// The sandbox could not run the script: not the caller's fault.
@@ -122,43 +65,156 @@ pub enum SandboxError {
     },
 }
 
+/// The service must not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "sandbox.require is `{}` but only the `{}` profile works on this host ({reason}); refusing to start",
+        .required.name(), .available.name()
+    )]
+    ProfileTooWeak {
+        required: Profile,
+        available: Profile,
+        reason: String,
+    },
+}
+
 impl Sandbox {
-    pub fn new(mut config: SandboxConfig, limits: Limits) -> Self {
-        // nsjail runs in the execution's directory: a relative profile path must not depend on it.
-        if let Ok(profile) = std::path::absolute(&config.profile) {
-            config.profile = profile;
+    /// Finds what this host allows (cgroups, then the profile: for `auto`, `strict` if its
+    /// canary runs, else `cloudrun` with a loud warning) and checks the sandbox works. A sandbox
+    /// that does not work at all still starts, unhealthy, so `/health` can say why; one that
+    /// only works below `sandbox.require` does not start.
+    pub async fn start(mut config: SandboxConfig, limits: Limits) -> Result<Self, StartError> {
+        // nsjail runs in the execution's directory: relative paths must not depend on it.
+        if let Ok(dir) = std::path::absolute(&config.profile_dir) {
+            config.profile_dir = dir;
         }
-        let permits = Semaphore::new(config.concurrency());
+        let cgroups = match Cgroups::detect(&limits, &format!("probe-{}", config.uid_base)) {
+            Ok(cgroups) => Some(cgroups),
+            Err(reason) => {
+                tracing::warn!(
+                    reason,
+                    "no writable cgroups: memory and processes are bounded by rlimits only"
+                );
+                None
+            }
+        };
+        let slots = Slots::new(config.uid_base, config.concurrency());
+        let first = match config.profile {
+            ProfileChoice::Auto | ProfileChoice::Strict => Profile::Strict,
+            ProfileChoice::CloudRun => Profile::CloudRun,
+        };
         let health = Mutex::new(Health {
-            status: Err("not checked yet".to_owned()),
+            status: Ok(()),
             checked: Instant::now(),
         });
-        Self {
+        let mut sandbox = Self {
             config,
             limits,
-            permits,
+            profile: first,
+            cgroups,
+            slots,
             health,
+        };
+        let Err(strict_failure) = sandbox.check().await else {
+            return sandbox.admit();
+        };
+        if sandbox.config.profile == ProfileChoice::Auto {
+            sandbox.profile = Profile::CloudRun;
+            if sandbox.check().await.is_ok() {
+                tracing::warn!(
+                    reason = strict_failure,
+                    "THE STRICT PROFILE DOES NOT WORK ON THIS HOST: running the weaker `cloudrun` profile \
+                     (no mount, pid or network namespace; see SECURITY.md). Set sandbox.require = \"strict\" \
+                     to refuse to start instead."
+                );
+                if sandbox.config.require > Profile::CloudRun {
+                    return Err(StartError::ProfileTooWeak {
+                        required: sandbox.config.require,
+                        available: Profile::CloudRun,
+                        reason: strict_failure,
+                    });
+                }
+                return sandbox.admit();
+            }
+            // Neither works, so the fault is not the kernel's: stay on the stronger profile.
+            sandbox.profile = Profile::Strict;
+            sandbox.record(Err(strict_failure));
         }
+        sandbox.admit()
     }
 
-    pub fn limits(&self) -> &Limits {
-        &self.limits
+    fn admit(self) -> Result<Self, StartError> {
+        if self.profile < self.config.require {
+            return Err(StartError::ProfileTooWeak {
+                required: self.config.require,
+                available: self.profile,
+                reason: "configured with sandbox.profile".to_owned(),
+            });
+        }
+        let health = self
+            .health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .status
+            .clone();
+        match health {
+            Ok(()) => {
+                tracing::info!(profile = self.profile.name(), limits = ?self.limits_backend(), "sandbox ready");
+            }
+            Err(reason) => tracing::error!(
+                reason,
+                "sandbox unavailable: /health answers 503 until it works"
+            ),
+        }
+        Ok(self)
     }
 
-    pub fn config(&self) -> &SandboxConfig {
-        &self.config
+    pub fn profile(&self) -> Profile {
+        self.profile
+    }
+
+    fn limits_backend(&self) -> LimitsBackend {
+        self.cgroups
+            .as_ref()
+            .map_or(LimitsBackend::Rlimits, Cgroups::backend)
+    }
+
+    /// What the active profile guarantees on this host.
+    pub fn isolation(&self) -> Isolation {
+        self.profile.isolation(self.limits_backend())
     }
 
     /// Runs `script` in a fresh jail and waits for it, at most the time limit.
     #[tracing::instrument(skip_all, fields(script_bytes = script.as_str().len()))]
     pub async fn execute(&self, script: &Script) -> Result<Execution, SandboxError> {
-        let _permit =
-            self.permits.acquire().await.map_err(|_| {
+        let mut slot =
+            self.slots.acquire().await.ok_or_else(|| {
                 SandboxError::Unavailable("the service is shutting down".to_owned())
             })?;
-        // Declared before the child runs, so it is deleted after the child is reaped.
-        let workdir = self.prepare(script.as_str())?;
-        let cmd = command::nsjail(&self.config, &self.limits, workdir.path());
+        slot.sweep_files = !self.profile.namespaced();
+        // Declared after the slot, so it is deleted before the slot is swept and freed.
+        let workdir = self.prepare(&slot, script.as_str())?;
+        if let Some(cgroups) = &self.cgroups {
+            let name = format!("run-{}", slot.uid);
+            let cgroup =
+                cgroups
+                    .create(&name, &self.limits)
+                    .map_err(|source| SandboxError::Internal {
+                        context: "creating the execution's cgroup failed",
+                        source,
+                    })?;
+            slot.hold(cgroup);
+        }
+        let cgroup_dirs = slot.cgroup().map(cgroup::Cgroup::dirs).unwrap_or_default();
+        let cmd = command::build(&command::Run {
+            config: &self.config,
+            limits: &self.limits,
+            profile: self.profile,
+            workdir: workdir.path(),
+            uid: slot.uid,
+            cgroup_dirs,
+        });
         let caps = Caps {
             stdout: self.limits.output_bytes,
             stderr: self.limits.output_bytes,
@@ -168,7 +224,8 @@ impl Sandbox {
         let finished = process::run(cmd, command::FDS, self.limits.time_limit(), caps)
             .await
             .map_err(|source| self.spawn_error(source))?;
-        let execution = classify(finished, &self.limits);
+        let oom_killed = slot.cgroup().is_some_and(cgroup::Cgroup::oom_killed);
+        let execution = outcome::classify(finished, self.profile, oom_killed, &self.limits);
         if let Err(SandboxError::Unavailable(reason)) = &execution {
             tracing::error!(reason, "sandbox failed to start the harness");
         }
@@ -190,15 +247,15 @@ impl Sandbox {
             Err(SandboxError::Unavailable(reason)) => Err(reason),
             Err(error) => Err(error.to_string()),
         };
-        let mut health = self
-            .health
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *health = Health {
-            status: status.clone(),
+        self.record(status.clone());
+        status
+    }
+
+    fn record(&self, status: Result<(), String>) {
+        *self.health.lock().unwrap_or_else(PoisonError::into_inner) = Health {
+            status,
             checked: Instant::now(),
         };
-        status
     }
 
     /// Whether scripts can run: the last canary's result, plus a cheap check that nsjail, the
@@ -207,7 +264,7 @@ impl Sandbox {
         let last = self
             .health
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner)
             .clone();
         match last.status {
             Ok(()) => self.files_present(),
@@ -217,10 +274,11 @@ impl Sandbox {
     }
 
     fn files_present(&self) -> Result<(), String> {
+        let profile = self.config.profile_dir.join(self.profile.config_file());
         let files = [
             ("nsjail", &self.config.nsjail),
             ("the sandbox Python", &self.config.python),
-            ("the jail profile", &self.config.profile),
+            ("the jail profile", &profile),
         ];
         for (what, path) in files {
             if !path.is_file() {
@@ -245,9 +303,9 @@ impl Sandbox {
         }
     }
 
-    /// The execution's private directory: the harness and script readable by the jail's uid,
-    /// and a `tmp/` that only the jail's uid can use.
-    fn prepare(&self, script: &str) -> Result<tempfile::TempDir, SandboxError> {
+    /// The execution's private directory, readable only by root and the slot's gid: the
+    /// harness and the script, and (no mount namespace) a `tmp/` only the slot's uid can use.
+    fn prepare(&self, slot: &Slot, script: &str) -> Result<tempfile::TempDir, SandboxError> {
         let internal = |context| move |source| SandboxError::Internal { context, source };
         let dir = tempfile::Builder::new()
             .prefix("pyexec-")
@@ -264,260 +322,27 @@ impl Sandbox {
                     source,
                 },
             })?;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
-            .map_err(internal("setting the execution directory's mode failed"))?;
         harness::install(dir.path(), script).map_err(internal("writing the script failed"))?;
-        let tmp = dir.path().join(command::TMP_DIR);
-        std::fs::create_dir(&tmp).map_err(internal("creating the execution's tmp failed"))?;
-        chown(&tmp, Some(self.config.uid), Some(self.config.gid)).map_err(internal(
-            "handing the execution's tmp to the sandbox uid failed",
-        ))?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o700))
-            .map_err(internal("setting the execution's tmp mode failed"))?;
+        for file in [harness::HARNESS_FILE, harness::SCRIPT_FILE] {
+            let path = dir.path().join(file);
+            chown(&path, None, Some(slot.uid))
+                .map_err(internal("handing the script to the slot's gid failed"))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640))
+                .map_err(internal("setting the script's mode failed"))?;
+        }
+        if !self.profile.namespaced() {
+            let tmp = dir.path().join(command::TMP_DIR);
+            std::fs::create_dir(&tmp).map_err(internal("creating the execution's tmp failed"))?;
+            chown(&tmp, Some(slot.uid), Some(slot.uid)).map_err(internal(
+                "handing the execution's tmp to the slot's uid failed",
+            ))?;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o700))
+                .map_err(internal("setting the execution's tmp mode failed"))?;
+        }
+        chown(dir.path(), None, Some(slot.uid))
+            .map_err(internal("handing the directory to the slot's gid failed"))?;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o750))
+            .map_err(internal("setting the execution directory's mode failed"))?;
         Ok(dir)
-    }
-}
-
-/// Decides what happened from what the service observed: its own deadline first, then whether
-/// the harness ever started (if not, the sandbox is broken), then the harness's final frame,
-/// then the exit status. nsjail's exit code alone is never trusted: a script can exit 255 too.
-fn classify(finished: Finished, limits: &Limits) -> Result<Execution, SandboxError> {
-    let Finished {
-        status,
-        stdout,
-        stderr,
-        result,
-        log,
-        elapsed,
-    } = finished;
-    let report = harness::parse(&result.bytes, result.truncated);
-    let outcome = match status {
-        None => Outcome::Failed(ScriptFailure::TimeLimit {
-            limit_ms: limits.time_limit_ms,
-        }),
-        Some(_) if !report.started => {
-            return Err(SandboxError::Unavailable(startup_failure(&log, &stderr)));
-        }
-        Some(status) => match report.outcome {
-            Some(Ok(reported)) => outcome_of(reported),
-            Some(Err(error)) => Outcome::Failed(ScriptFailure::UnreadableResult(error)),
-            None => Outcome::Failed(match (status.code(), status.signal()) {
-                (_, Some(signal)) => ScriptFailure::Crashed { signal },
-                (Some(code), None) => ScriptFailure::Exited { code },
-                (None, None) => ScriptFailure::Exited { code: -1 },
-            }),
-        },
-    };
-    Ok(Execution {
-        outcome,
-        stdout: decode(stdout),
-        stderr: decode(stderr),
-        duration: elapsed,
-    })
-}
-
-fn outcome_of(reported: Reported) -> Outcome {
-    Outcome::Failed(match reported {
-        Reported::Returned(value) => return Outcome::Returned(value),
-        Reported::SyntaxError {
-            message,
-            line,
-            column,
-            text,
-        } => ScriptFailure::Syntax {
-            message,
-            line,
-            column,
-            text,
-        },
-        Reported::NoMain { message } => ScriptFailure::NoMain { message },
-        Reported::MainRequiresArguments { message } => {
-            ScriptFailure::MainRequiresArguments { message }
-        }
-        Reported::Exception {
-            during_load,
-            type_name,
-            message,
-            traceback,
-        } => ScriptFailure::Exception {
-            during_load,
-            type_name,
-            message,
-            traceback,
-        },
-        Reported::NotSerializable { type_name, message } => {
-            ScriptFailure::NotSerializable { type_name, message }
-        }
-        Reported::ResultTooLarge { bytes, limit } => ScriptFailure::ResultTooLarge { bytes, limit },
-        Reported::Exit { code } => ScriptFailure::SysExit { code },
-    })
-}
-
-/// The reason the harness never started, for the operator: nsjail's error lines, else the
-/// interpreter's stderr.
-fn startup_failure(log: &Captured, stderr: &Captured) -> String {
-    let log = String::from_utf8_lossy(&log.bytes);
-    let errors: Vec<&str> = log
-        .lines()
-        .filter(|line| line.starts_with("[E]") || line.starts_with("[F]"))
-        .collect();
-    let detail = if errors.is_empty() {
-        String::from_utf8_lossy(&stderr.bytes).trim().to_owned()
-    } else {
-        errors.join("; ")
-    };
-    let detail: String = detail.chars().take(1000).collect();
-    if detail.is_empty() {
-        "the jail exited before the harness started".to_owned()
-    } else {
-        format!("the jail exited before the harness started: {detail}")
-    }
-}
-
-fn decode(captured: Captured) -> Output {
-    let text = match String::from_utf8(captured.bytes) {
-        Ok(text) => text,
-        Err(error) => String::from_utf8_lossy(error.as_bytes()).into_owned(),
-    };
-    Output {
-        text,
-        truncated: captured.truncated,
-    }
-}
-
-fn syntax_message(
-    message: &str,
-    line: Option<u64>,
-    column: Option<u64>,
-    text: Option<&str>,
-) -> String {
-    let position = match (line, column) {
-        (Some(line), Some(column)) => format!(" on line {line}, column {column}"),
-        (Some(line), None) => format!(" on line {line}"),
-        _ => String::new(),
-    };
-    let text = text
-        .map(|text| format!(": {}", text.trim()))
-        .unwrap_or_default();
-    format!("syntax error{position}: {message}{text}")
-}
-
-/// The conventional name of a signal, for error messages.
-pub fn signal_name(signal: i32) -> &'static str {
-    match signal {
-        4 => "SIGILL",
-        6 => "SIGABRT",
-        7 => "SIGBUS",
-        8 => "SIGFPE",
-        9 => "SIGKILL",
-        11 => "SIGSEGV",
-        13 => "SIGPIPE",
-        15 => "SIGTERM",
-        24 => "SIGXCPU",
-        25 => "SIGXFSZ",
-        31 => "SIGSYS",
-        _ => "a signal",
-    }
-}
-
-struct DisplayMs(u64);
-
-impl fmt::Display for DisplayMs {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.is_multiple_of(1000) {
-            write!(f, "{} s", self.0 / 1000)
-        } else {
-            write!(f, "{} ms", self.0)
-        }
-    }
-}
-
-/// The path of nsjail's profile, for reports: its file stem (`cloudrun`).
-pub fn profile_name(profile: &Path) -> String {
-    profile.file_stem().map_or_else(
-        || "unknown".to_owned(),
-        |stem| stem.to_string_lossy().into_owned(),
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use std::process::ExitStatus;
-
-    use super::*;
-
-    fn finished(status: Option<i32>, result: &str, log: &str) -> Finished {
-        Finished {
-            status: status.map(ExitStatus::from_raw),
-            stdout: Captured {
-                bytes: b"out \xff".to_vec(),
-                truncated: false,
-            },
-            stderr: Captured::default(),
-            result: Captured {
-                bytes: result.as_bytes().to_vec(),
-                truncated: false,
-            },
-            log: Captured {
-                bytes: log.as_bytes().to_vec(),
-                truncated: false,
-            },
-            elapsed: Duration::from_millis(5),
-        }
-    }
-
-    const STARTED: &str = "{\"event\": \"started\", \"v\": 1}\n";
-
-    fn failure(finished: Finished) -> ScriptFailure {
-        match classify(finished, &Limits::default()).unwrap().outcome {
-            Outcome::Failed(failure) => failure,
-            Outcome::Returned(value) => panic!("returned {value}"),
-        }
-    }
-
-    #[test]
-    fn the_deadline_wins_over_everything_else() {
-        let failure = failure(finished(None, "", ""));
-        assert!(matches!(
-            failure,
-            ScriptFailure::TimeLimit { limit_ms: 30_000 }
-        ));
-        assert!(
-            failure.to_string().contains("time limit of 30 s"),
-            "{failure}"
-        );
-    }
-
-    #[test]
-    fn no_started_frame_means_the_sandbox_failed_whatever_the_exit_code() {
-        let log = "[I] Mode: STANDALONE_EXECVE\n[E][2026] execve('/x') failed: No such file\n";
-        let error = classify(finished(Some(255 << 8), "", log), &Limits::default()).unwrap_err();
-        let SandboxError::Unavailable(reason) = error else {
-            panic!()
-        };
-        assert!(reason.contains("execve('/x') failed"), "{reason}");
-    }
-
-    #[test]
-    fn exit_255_after_starting_is_the_scripts_own_exit() {
-        let failure = failure(finished(Some(255 << 8), STARTED, ""));
-        assert!(
-            matches!(failure, ScriptFailure::Exited { code: 255 }),
-            "{failure:?}"
-        );
-    }
-
-    #[test]
-    fn a_signal_after_starting_is_a_crash() {
-        let failure = failure(finished(Some(11), STARTED, ""));
-        assert!(failure.to_string().contains("SIGSEGV"), "{failure}");
-    }
-
-    #[test]
-    fn output_is_decoded_lossily() {
-        let returned =
-            format!("{STARTED}{{\"v\": 1, \"event\": \"returned\", \"result\": null}}\n");
-        let execution = classify(finished(Some(0), &returned, ""), &Limits::default()).unwrap();
-        assert_eq!(execution.stdout.text, "out \u{fffd}");
     }
 }

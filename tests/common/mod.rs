@@ -9,6 +9,9 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use pyexec::config::Profile;
 use pyexec::{AppState, Config, router};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -18,32 +21,45 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub client: reqwest::Client,
     pub work_root: tempfile::TempDir,
+    pub config: Config,
+    pub profile: Profile,
 }
 
-/// The configuration tests run with: the repository's profile, a private work root.
+/// The configuration tests run with: the repository's profiles, a private work root, and
+/// slot uids no other test app in this process uses (each app sweeps its uids' processes).
 pub fn test_config(work_root: &Path) -> Config {
+    static APPS: AtomicU32 = AtomicU32::new(0);
     let mut config = Config::default();
-    config.sandbox.profile = Path::new(env!("CARGO_MANIFEST_DIR")).join("nsjail/cloudrun.cfg");
+    config.sandbox.profile_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("nsjail");
     work_root.clone_into(&mut config.sandbox.work_root);
     config.sandbox.max_concurrency = 4;
+    config.sandbox.uid_base =
+        1_000_000 + (std::process::id() % 1000) * 1000 + APPS.fetch_add(1, Ordering::Relaxed) * 10;
     config
+}
+
+/// The slot uids of an app made from `config`.
+pub fn slot_uids(config: &Config) -> std::ops::Range<u32> {
+    let base = config.sandbox.uid_base;
+    base..base + u32::try_from(config.sandbox.concurrency()).unwrap()
 }
 
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
-/// Binds before returning, so no sleep is needed; runs the start-up check like `main`.
+/// Binds before returning, so no sleep is needed; starts the sandbox like `main`.
 pub async fn spawn_app_with(customize: impl FnOnce(&mut Config)) -> TestApp {
     let work_root = tempfile::tempdir().unwrap();
     let mut config = test_config(work_root.path());
     customize(&mut config);
-    let state = AppState::new(config);
+    let state = AppState::start(config.clone()).await.unwrap();
     state
         .sandbox
-        .check()
+        .health()
         .await
         .expect("the sandbox works: run `make test`, which installs it");
+    let profile = state.sandbox.profile();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router(state)).await });
@@ -51,6 +67,8 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Config)) -> TestApp {
         addr,
         client: reqwest::Client::new(),
         work_root,
+        config,
+        profile,
     }
 }
 
@@ -98,6 +116,19 @@ impl TestApp {
             .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
             .collect()
     }
+
+    /// Processes still running as one of this app's slot uids, after waiting up to 2 s for
+    /// killed ones to be reaped.
+    pub async fn processes_left(&self) -> Vec<String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            let found: Vec<String> = slot_uids(&self.config).flat_map(processes_of).collect();
+            if found.is_empty() || std::time::Instant::now() > deadline {
+                return found;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
 }
 
 /// The status and JSON body of a response; a non-JSON body fails the test.
@@ -118,18 +149,6 @@ pub fn error_code(body: &Value) -> &str {
     body["code"]
         .as_str()
         .unwrap_or_else(|| panic!("no code: {body}"))
-}
-
-/// Processes still running as `uid` after waiting up to 2 s for killed ones to be reaped.
-pub async fn processes_left(uid: u32) -> Vec<String> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    loop {
-        let found = processes_of(uid);
-        if found.is_empty() || std::time::Instant::now() > deadline {
-            return found;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
 }
 
 /// Processes currently running as `uid`, from /proc.

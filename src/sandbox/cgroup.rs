@@ -1,0 +1,243 @@
+//! One cgroup per execution, where this host lets the service write cgroups: it bounds the
+//! jail's memory and process count, tells afterwards whether the kernel's OOM killer struck
+//! (so a memory kill is reported as such, not as a bare SIGKILL), and is removed with
+//! everything in it when the execution ends.
+//!
+//! The service creates the group and the jail joins it before nsjail starts (see
+//! `command::in_cgroup`), so nsjail needs no cgroup support of its own and the same code
+//! serves both profiles. Detection is by doing, not by guessing: [`Cgroups::detect`] creates
+//! and removes a real group with the limits set.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rustix::process::{Pid, Signal, kill_process};
+
+use super::profile::LimitsBackend;
+use crate::config::Limits;
+
+const ROOT: &str = "/sys/fs/cgroup";
+/// The name of the service's parent group.
+const PARENT: &str = "pyexec";
+
+/// Where per-execution groups are made.
+#[derive(Debug, Clone)]
+pub enum Cgroups {
+    /// cgroup v1: separate `memory` and `pids` hierarchies.
+    V1 { memory: PathBuf, pids: PathBuf },
+    /// cgroup v2: one unified hierarchy.
+    V2 { parent: PathBuf },
+}
+
+/// One execution's group (one directory per hierarchy).
+#[derive(Debug)]
+pub struct Cgroup {
+    dirs: Vec<PathBuf>,
+    v2: bool,
+}
+
+impl Cgroups {
+    /// Finds writable cgroups, creates the service's parent group and proves a child group
+    /// with limits can be made. The error says why not, for the start-up log.
+    /// `probe` names the trial group (unique per service, as several may share a host).
+    pub fn detect(limits: &Limits, probe: &str) -> Result<Self, String> {
+        let found = if Path::new(ROOT).join("cgroup.controllers").exists() {
+            detect_v2()?
+        } else {
+            detect_v1()?
+        };
+        found
+            .create(probe, limits)
+            .map_err(|error| format!("cannot create a cgroup with limits: {error}"))?;
+        Ok(found)
+    }
+
+    pub fn backend(&self) -> LimitsBackend {
+        match self {
+            Self::V1 { .. } => LimitsBackend::CgroupV1,
+            Self::V2 { .. } => LimitsBackend::CgroupV2,
+        }
+    }
+
+    /// Creates the group `name` with the memory and process limits.
+    pub fn create(&self, name: &str, limits: &Limits) -> io::Result<Cgroup> {
+        let memory = limits.memory_bytes.to_string();
+        let pids = limits.processes.to_string();
+        let cgroup = match self {
+            Self::V1 {
+                memory: memory_root,
+                pids: pids_root,
+            } => Cgroup {
+                dirs: vec![memory_root.join(name), pids_root.join(name)],
+                v2: false,
+            },
+            Self::V2 { parent } => Cgroup {
+                dirs: vec![parent.join(name)],
+                v2: true,
+            },
+        };
+        for dir in &cgroup.dirs {
+            create_fresh(dir)?;
+        }
+        let first = &cgroup.dirs[0];
+        if cgroup.v2 {
+            std::fs::write(first.join("memory.max"), &memory)?;
+            // Best effort: swap may be off, and then the file is absent.
+            let _ = std::fs::write(first.join("memory.swap.max"), "0");
+            std::fs::write(first.join("pids.max"), &pids)?;
+        } else {
+            std::fs::write(first.join("memory.limit_in_bytes"), &memory)?;
+            let _ = std::fs::write(first.join("memory.memsw.limit_in_bytes"), &memory);
+            std::fs::write(cgroup.dirs[1].join("pids.max"), &pids)?;
+        }
+        Ok(cgroup)
+    }
+}
+
+impl Cgroup {
+    /// The directories a process must join (write its pid to `cgroup.procs`).
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
+    }
+
+    /// Whether the kernel's OOM killer killed a process of this group.
+    pub fn oom_killed(&self) -> bool {
+        let (file, key) = if self.v2 {
+            ("memory.events", "oom_kill")
+        } else {
+            ("memory.oom_control", "oom_kill")
+        };
+        std::fs::read_to_string(self.dirs[0].join(file)).is_ok_and(|text| {
+            text.lines()
+                .filter_map(|line| line.split_once(' '))
+                .any(|(name, count)| name == key && count.trim() != "0")
+        })
+    }
+
+    /// SIGKILLs every process in the group.
+    fn kill_all(&self) {
+        if self.v2 && std::fs::write(self.dirs[0].join("cgroup.kill"), "1").is_ok() {
+            return;
+        }
+        for dir in &self.dirs {
+            let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) else {
+                continue;
+            };
+            for pid in procs
+                .lines()
+                .filter_map(|line| line.trim().parse::<i32>().ok())
+            {
+                if let Some(pid) = Pid::from_raw(pid) {
+                    let _ = kill_process(pid, Signal::KILL);
+                }
+            }
+        }
+    }
+
+    /// Kills what is left and removes the group, waiting up to a second for the dying.
+    fn remove(&self) {
+        for _ in 0..100 {
+            self.kill_all();
+            if self.dirs.iter().all(|dir| remove_dir(dir).is_ok()) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        tracing::warn!(dirs = ?self.dirs, "could not remove an execution's cgroup");
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+fn remove_dir(dir: &Path) -> io::Result<()> {
+    match std::fs::remove_dir(dir) {
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// Creates `dir`, first removing a stale one a crashed earlier run may have left.
+fn create_fresh(dir: &Path) -> io::Result<()> {
+    match std::fs::create_dir(dir) {
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+            drop(Cgroup {
+                dirs: vec![dir.to_owned()],
+                v2: false,
+            });
+            std::fs::create_dir(dir)
+        }
+        other => other,
+    }
+}
+
+fn detect_v1() -> Result<Cgroups, String> {
+    let memory = Path::new(ROOT).join("memory");
+    let pids = Path::new(ROOT).join("pids");
+    for (controller, dir) in [("memory", &memory), ("pids", &pids)] {
+        if !dir.join("cgroup.procs").exists() {
+            return Err(format!(
+                "no cgroup v1 {controller} hierarchy at {}",
+                dir.display()
+            ));
+        }
+    }
+    let (memory, pids) = (memory.join(PARENT), pids.join(PARENT));
+    for dir in [&memory, &pids] {
+        std::fs::create_dir_all(dir)
+            .map_err(|error| format!("cannot create {}: {error}", dir.display()))?;
+    }
+    Ok(Cgroups::V1 { memory, pids })
+}
+
+/// cgroup v2 allows controllers only in groups without processes of their own, so where the
+/// service's own group must delegate (a container's root), the service first moves its
+/// processes into a leaf group, as container init systems do.
+fn detect_v2() -> Result<Cgroups, String> {
+    let own = std::fs::read_to_string("/proc/self/cgroup")
+        .map_err(|error| format!("/proc/self/cgroup: {error}"))?;
+    let own = own
+        .lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .unwrap_or("/");
+    let base = Path::new(ROOT).join(own.trim_start_matches('/'));
+    let controllers = std::fs::read_to_string(base.join("cgroup.controllers")).unwrap_or_default();
+    if !(controllers.split_whitespace().any(|c| c == "memory")
+        && controllers.split_whitespace().any(|c| c == "pids"))
+    {
+        return Err(format!(
+            "cgroup v2 at {} does not offer memory and pids",
+            base.display()
+        ));
+    }
+    let enable = |dir: &Path| std::fs::write(dir.join("cgroup.subtree_control"), "+memory +pids");
+    if enable(&base).is_err() {
+        let leaf = base.join("pyexec-service");
+        std::fs::create_dir_all(&leaf)
+            .map_err(|error| format!("cannot create {}: {error}", leaf.display()))?;
+        let procs = std::fs::read_to_string(base.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines() {
+            let _ = std::fs::write(leaf.join("cgroup.procs"), pid);
+        }
+        enable(&base).map_err(|error| {
+            format!(
+                "cannot delegate memory and pids in {}: {error}",
+                base.display()
+            )
+        })?;
+    }
+    let parent = base.join(PARENT);
+    std::fs::create_dir_all(&parent)
+        .map_err(|error| format!("cannot create {}: {error}", parent.display()))?;
+    enable(&parent).map_err(|error| {
+        format!(
+            "cannot delegate memory and pids in {}: {error}",
+            parent.display()
+        )
+    })?;
+    Ok(Cgroups::V2 { parent })
+}

@@ -1,0 +1,98 @@
+//! What each jail profile is, as data: its nsjail config file, how it runs (supervised with
+//! namespaces, or exec'd in place without), and what it guarantees. The static nsjail policy
+//! is in `nsjail/<name>.cfg`; this is what the service must know about it to build a command,
+//! read an exit status and tell callers how strongly their scripts are isolated.
+
+use serde::Serialize;
+
+use crate::config::Profile;
+
+/// The seccomp policy both profiles apply.
+pub const SECCOMP_POLICY: &str = "seccomp.kafel";
+
+/// What bounds an execution's memory and process count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitsBackend {
+    /// A cgroup v1 memory and pids group per execution.
+    CgroupV1,
+    /// A cgroup v2 group per execution.
+    CgroupV2,
+    /// No writable cgroups: address-space and process-count rlimits only.
+    Rlimits,
+}
+
+/// How strongly scripts are isolated, for `GET /health` and `GET /`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Isolation {
+    pub profile: &'static str,
+    pub limits: LimitsBackend,
+    pub guarantees: Vec<&'static str>,
+    pub not_isolated: Vec<&'static str>,
+}
+
+impl Profile {
+    /// The nsjail config file, in the profile directory.
+    pub fn config_file(self) -> &'static str {
+        match self {
+            Self::Strict => "strict.cfg",
+            Self::CloudRun => "cloudrun.cfg",
+        }
+    }
+
+    /// Whether the jail has its own user, mount and pid namespaces. If so nsjail supervises
+    /// the script (`-Mo`) and reports its exit in its log; if not nsjail execs into the
+    /// script (`-Me`) and the exit status the service sees is the script's own.
+    pub fn namespaced(self) -> bool {
+        match self {
+            Self::Strict => true,
+            Self::CloudRun => false,
+        }
+    }
+
+    pub fn isolation(self, limits: LimitsBackend) -> Isolation {
+        let memory = match limits {
+            LimitsBackend::CgroupV1 | LimitsBackend::CgroupV2 => {
+                "memory and process limits per execution (cgroup), CPU time, file size and open files (rlimits)"
+            }
+            LimitsBackend::Rlimits => {
+                "memory (address space), processes, CPU time, file size and open files limited by rlimits"
+            }
+        };
+        let common = [
+            "runs as an unprivileged uid of its own, never root, no capabilities, no_new_privs",
+            "seccomp: no mount, unshare, setns, ptrace, bpf, keyctl, kexec, module loading, io_uring",
+            "no network: no socket but AF_UNIX",
+            "nothing outlives the execution",
+            "wall-time limit, output and result caps",
+            memory,
+        ];
+        let (specific, not_isolated): (&[&'static str], &[&'static str]) = match self {
+            Self::Strict => (
+                &[
+                    "private read-only root: host files, /proc, /dev and /sys invisible",
+                    "private /tmp per execution (tmpfs with a size limit)",
+                    "own network namespace: only a loopback interface, no routes",
+                    "own pid namespace: host processes invisible",
+                ],
+                &[],
+            ),
+            Self::CloudRun => (
+                &[
+                    "private TMPDIR per execution; files left in shared temp directories are deleted",
+                    "processes of the execution's uid are killed when it ends",
+                ],
+                &[
+                    "host filesystem: readable where world-readable (no mount namespace)",
+                    "host processes, network interfaces and routes: visible (no pid or network namespace)",
+                ],
+            ),
+        };
+        Isolation {
+            profile: self.name(),
+            limits,
+            guarantees: common.iter().chain(specific).copied().collect(),
+            not_isolated: not_isolated.to_vec(),
+        }
+    }
+}

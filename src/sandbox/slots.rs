@@ -1,0 +1,213 @@
+//! Execution slots: at most N executions at once, each running as a host uid no other running
+//! execution has. When an execution ends its slot is swept before anyone may reuse it: every
+//! process of its uid is killed and every file its uid left in the shared temp directories is
+//! deleted. This holds on every path, a cancelled request included, because the sweep runs
+//! from the slot's `Drop`.
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::cgroup::Cgroup;
+
+/// World-writable directories a script without a mount namespace can leave files in.
+const SHARED_TMP: [&str; 3] = ["/tmp", "/var/tmp", "/dev/shm"];
+/// Rounds of `kill -KILL -1` before giving up on a process that keeps forking.
+const KILL_ROUNDS: usize = 50;
+
+/// The pool of slots.
+#[derive(Debug)]
+pub struct Slots {
+    permits: Arc<Semaphore>,
+    free: Mutex<Vec<u32>>,
+}
+
+/// One execution's slot: its uid (also its gid). Dropping it sweeps and frees it.
+#[derive(Debug)]
+pub struct Slot {
+    pub uid: u32,
+    /// Delete the uid's files in the host's shared temp directories when the slot is freed:
+    /// needed where scripts can write there (no mount namespace).
+    pub sweep_files: bool,
+    pool: Arc<Slots>,
+    permit: Option<OwnedSemaphorePermit>,
+    cgroup: Option<Cgroup>,
+}
+
+impl Slots {
+    /// `count` slots with uids `uid_base..uid_base + count`.
+    pub fn new(uid_base: u32, count: usize) -> Arc<Self> {
+        let uids = (0..count)
+            .filter_map(|slot| u32::try_from(slot).ok())
+            .map(|slot| uid_base + slot);
+        Arc::new(Self {
+            permits: Arc::new(Semaphore::new(count)),
+            free: Mutex::new(uids.rev().collect()),
+        })
+    }
+
+    /// Waits for a free slot.
+    pub async fn acquire(self: &Arc<Self>) -> Option<Slot> {
+        let permit = Arc::clone(&self.permits).acquire_owned().await.ok()?;
+        let uid = self
+            .free
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()?;
+        Some(Slot {
+            uid,
+            sweep_files: false,
+            pool: Arc::clone(self),
+            permit: Some(permit),
+            cgroup: None,
+        })
+    }
+}
+
+impl Slot {
+    /// Ties the execution's cgroup to the slot, so it is removed by the same sweep.
+    pub fn hold(&mut self, cgroup: Cgroup) {
+        self.cgroup = Some(cgroup);
+    }
+
+    pub fn cgroup(&self) -> Option<&Cgroup> {
+        self.cgroup.as_ref()
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let uid = self.uid;
+        let pool = Arc::clone(&self.pool);
+        let permit = self.permit.take();
+        let cgroup = self.cgroup.take();
+        let sweep_files = self.sweep_files;
+        let sweep = move || {
+            drop(cgroup);
+            kill_uid(uid);
+            if sweep_files {
+                for dir in SHARED_TMP {
+                    remove_files_of(uid, Path::new(dir));
+                }
+            }
+            pool.free
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(uid);
+            drop(permit);
+        };
+        // Off the async workers: the sweep waits for dying processes and walks directories.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(sweep)),
+            Err(_) => sweep(),
+        }
+    }
+}
+
+/// Kills every process running as `uid`. Each round a shell dropped to `uid` runs
+/// `kill -KILL -1`, which reaches every process of that uid at once (ones forked since the
+/// last look included), until /proc shows none left.
+fn kill_uid(uid: u32) {
+    for round in 0..KILL_ROUNDS {
+        if !has_live_process(uid) {
+            return;
+        }
+        if round > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let _ = std::process::Command::new("/bin/sh")
+            .args(["-c", "kill -KILL -1 2>/dev/null"])
+            .uid(uid)
+            .gid(uid)
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+    tracing::warn!(
+        uid,
+        "processes of a finished execution survived repeated kills"
+    );
+}
+
+/// Whether a process (not a zombie) runs as `uid`.
+fn has_live_process(uid: u32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    let uid = uid.to_string();
+    entries.flatten().any(|entry| {
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+            return false;
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .map(str::trim)
+        };
+        let zombie = field("State:").is_some_and(|state| state.starts_with('Z'));
+        let real_uid = field("Uid:").and_then(|ids| ids.split_whitespace().next());
+        !zombie && real_uid == Some(uid.as_str())
+    })
+}
+
+/// Deletes the entries of `dir` owned by `uid` (recursively, never following symlinks).
+fn remove_files_of(uid: u32, dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(meta) = entry.path().symlink_metadata() else {
+            continue;
+        };
+        if meta.uid() != uid {
+            continue;
+        }
+        let removed = if meta.is_dir() {
+            std::fs::remove_dir_all(entry.path())
+        } else {
+            std::fs::remove_file(entry.path())
+        };
+        if let Err(error) = removed {
+            tracing::warn!(uid, path = %entry.path().display(), %error, "could not delete a file an execution left");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_slot_is_not_reused_before_it_is_swept() {
+        let slots = Slots::new(990_900, 2);
+        let first = slots.acquire().await.unwrap();
+        let second = slots.acquire().await.unwrap();
+        assert_ne!(first.uid, second.uid);
+        let uid = first.uid;
+        drop(first);
+        let third = slots.acquire().await.unwrap();
+        assert_eq!(third.uid, uid, "the swept uid comes back");
+    }
+
+    #[test]
+    fn only_the_uids_files_are_removed() {
+        use std::os::unix::fs::chown;
+        let dir = tempfile::tempdir().unwrap();
+        let mine = dir.path().join("mine");
+        let theirs = dir.path().join("theirs");
+        std::fs::create_dir(&mine).unwrap();
+        std::fs::write(mine.join("inner"), "x").unwrap();
+        std::fs::write(&theirs, "x").unwrap();
+        chown(&mine, Some(990_950), None).unwrap();
+        remove_files_of(990_950, dir.path());
+        assert!(!mine.exists());
+        assert!(theirs.exists());
+    }
+}
