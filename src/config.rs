@@ -61,6 +61,10 @@ pub struct SandboxConfig {
     /// behind can be found and removed by uid. Those ids must belong to nothing else on the
     /// host. Default 990000.
     pub uid_base: u32,
+    /// Bound each execution's memory and processes with a cgroup of its own where the host
+    /// lets the service create one (default true). False forces rlimits only, which is all
+    /// Cloud Run's first generation offers.
+    pub cgroups: bool,
     /// Sandboxes running at once; further requests wait. 0 (default) means one per CPU;
     /// env `PYEXEC_MAX_CONCURRENCY`.
     pub max_concurrency: usize,
@@ -188,6 +192,7 @@ impl Default for SandboxConfig {
             profile_dir: PathBuf::from("nsjail"),
             work_root: PathBuf::from("/tmp"),
             uid_base: 990_000,
+            cgroups: true,
             max_concurrency: 0,
         }
     }

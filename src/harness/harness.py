@@ -27,6 +27,7 @@ import json
 import math
 import os
 import resource
+import signal
 import sys
 import traceback
 import types
@@ -216,6 +217,9 @@ def main():
     reporter = Reporter(settings["result_fd"])
     faulthandler.enable(file=sys.stderr)
     apply_rlimits(settings["rlimits"])
+    # Reported by the harness rather than left to the default action: in a pid namespace the
+    # interpreter is process 1, which ignores signals it has no handler for.
+    signal.signal(signal.SIGXCPU, lambda *_: finish(reporter.send, {"event": "failed", "kind": "cpu"}))
     # Files the script creates are private to its uid unless it says otherwise.
     os.umask(0o077)
     reporter.send({"event": "started"})

@@ -63,6 +63,8 @@ pub enum Reported {
     },
     /// `MemoryError`: the address-space limit was reached.
     Memory,
+    /// `SIGXCPU`: the CPU-time limit was reached.
+    Cpu,
     NotSerializable {
         type_name: String,
         message: String,
@@ -175,6 +177,7 @@ impl Frame {
                 hint: self.hint,
             },
             ("failed", Some("memory")) => Reported::Memory,
+            ("failed", Some("cpu")) => Reported::Cpu,
             ("failed", Some("not_serializable")) => Reported::NotSerializable {
                 type_name: text(self.type_name),
                 message: text(self.message),

@@ -193,7 +193,7 @@ impl Sandbox {
                 SandboxError::Unavailable("the service is shutting down".to_owned())
             })?;
         slot.sweep_files = !self.profile.namespaced();
-        // Declared after the slot, so it is deleted before the slot is swept and freed.
+        // Declared after the slot, so on every path it is deleted before the slot is freed.
         let workdir = self.prepare(&slot, script.as_str())?;
         if let Some(cgroups) = &self.cgroups {
             let name = format!("run-{}", slot.uid);
@@ -225,6 +225,8 @@ impl Sandbox {
             .await
             .map_err(|source| self.spawn_error(source))?;
         let oom_killed = slot.cgroup().is_some_and(cgroup::Cgroup::oom_killed);
+        drop(workdir);
+        slot.release().await;
         let execution = outcome::classify(finished, self.profile, oom_killed, &self.limits);
         if let Err(SandboxError::Unavailable(reason)) = &execution {
             tracing::error!(reason, "sandbox failed to start the harness");

@@ -193,6 +193,9 @@ fn reported_failure(reported: Reported, limits: &Limits) -> Result<Box<RawValue>
         Reported::Memory => ScriptFailure::MemoryLimit {
             limit_bytes: limits.memory_bytes,
         },
+        Reported::Cpu => ScriptFailure::CpuLimit {
+            limit_secs: limits.cpu_secs,
+        },
         Reported::NotSerializable { type_name, message } => {
             ScriptFailure::NotSerializable { type_name, message }
         }

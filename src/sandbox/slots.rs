@@ -78,14 +78,23 @@ impl Slot {
     }
 }
 
-impl Drop for Slot {
-    fn drop(&mut self) {
+impl Slot {
+    /// Sweeps and frees the slot, returning once nothing of the execution is left: the next
+    /// execution, on any slot, starts from a clean host.
+    pub async fn release(mut self) {
+        if let Some(sweep) = self.sweeper() {
+            let _ = tokio::task::spawn_blocking(sweep).await;
+        }
+    }
+
+    /// The sweep, once: it owns what must outlive the slot until the sweep is done.
+    fn sweeper(&mut self) -> Option<impl FnOnce() + Send + 'static> {
+        let permit = self.permit.take()?;
         let uid = self.uid;
         let pool = Arc::clone(&self.pool);
-        let permit = self.permit.take();
         let cgroup = self.cgroup.take();
         let sweep_files = self.sweep_files;
-        let sweep = move || {
+        Some(move || {
             drop(cgroup);
             kill_uid(uid);
             if sweep_files {
@@ -98,7 +107,14 @@ impl Drop for Slot {
                 .unwrap_or_else(PoisonError::into_inner)
                 .push(uid);
             drop(permit);
-        };
+        })
+    }
+}
+
+/// A slot dropped without [`Slot::release`] (a cancelled request) is swept in the background.
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let Some(sweep) = self.sweeper() else { return };
         // Off the async workers: the sweep waits for dying processes and walks directories.
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => drop(runtime.spawn_blocking(sweep)),

@@ -1,0 +1,680 @@
+//! The escape suite: one small attack per case, each run through the real service, nsjail
+//! and sandbox Python, in the `strict` profile, in `cloudrun` with cgroups, and in `cloudrun`
+//! with rlimits only (what Cloud Run's first generation allows). Each case states the outcome
+//! it expects per profile next to its script; SECURITY.md's table is checked against these
+//! expectations, so the docs cannot drift from the code. After every case the service must
+//! still answer a plain script, and no process, file or cgroup of the execution may remain.
+#![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::time::Duration;
+
+use common::{TestApp, error_code, spawn_app_with};
+use pyexec::config::{Profile, ProfileChoice};
+use serde_json::Value;
+
+/// What a case must come to.
+#[derive(Debug, Clone, Copy)]
+enum Expect {
+    /// 200, and `main()` returned this string.
+    Returns(&'static str),
+    /// 400 with this code, and the message mentions the text.
+    Fails(&'static str, &'static str),
+    /// 200 with stdout cut at the cap and flagged.
+    Truncated,
+}
+
+impl fmt::Display for Expect {
+    /// How SECURITY.md writes the outcome.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Returns(value) => write!(f, "`{value}`"),
+            Self::Fails(code, _) => write!(f, "400 `{code}`"),
+            Self::Truncated => write!(f, "200, stdout truncated"),
+        }
+    }
+}
+
+/// Another execution that runs at the same time as the attack (started first).
+struct Neighbour {
+    script: &'static str,
+    returns: &'static str,
+}
+
+struct Case {
+    name: &'static str,
+    script: &'static str,
+    strict: Expect,
+    cloudrun: Expect,
+    /// Runs to completion before the attack; its result replaces `{BEFORE}` in the attack.
+    before: Option<&'static str>,
+    during: Option<Neighbour>,
+}
+
+const fn case(name: &'static str, script: &'static str, strict: Expect, cloudrun: Expect) -> Case {
+    Case {
+        name,
+        script,
+        strict,
+        cloudrun,
+        before: None,
+        during: None,
+    }
+}
+
+use Expect::{Fails, Returns, Truncated};
+
+const VICTIM: &str = r#"
+import os, tempfile, time
+def main():
+    secret = "SEC" + "RET-" + "{NONCE}"
+    with open(os.path.join(tempfile.gettempdir(), "secret.txt"), "w") as f:
+        f.write(secret)
+    try:
+        with open("/tmp/pyexec-victim-{NONCE}", "w") as f:
+            f.write(secret)
+    except OSError:
+        pass
+    time.sleep(1.5)
+    return "victim finished"
+"#;
+
+#[expect(
+    clippy::too_many_lines,
+    reason = "one table of cases, read top to bottom"
+)]
+fn cases() -> Vec<Case> {
+    vec![
+        case(
+            "read_host_files",
+            r#"
+def main():
+    try:
+        open("/etc/passwd").read()
+        return "read"
+    except FileNotFoundError:
+        return "missing"
+"#,
+            Returns("missing"),
+            Returns("read"),
+        ),
+        case(
+            "read_service_process",
+            r#"
+def main():
+    readable = []
+    for name in ["environ", "exe", "cwd/.", "root/etc/hostname", "mem", "cmdline"]:
+        try:
+            with open(f"/proc/{SERVICE_PID}/{name}", "rb") as f:
+                f.read(1)
+            readable.append(name)
+        except FileNotFoundError:
+            return "no such process"
+        except OSError:
+            pass
+    return "readable: " + (", ".join(readable) or "nothing")
+"#,
+            Returns("no such process"),
+            Returns("readable: cmdline"),
+        ),
+        case(
+            "read_environment",
+            r#"
+import os
+ALLOWED = {"PATH", "TMPDIR", "HOME", "LC_CTYPE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+           "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"}
+def main():
+    extra = sorted(set(os.environ) - ALLOWED)
+    return "clean" if not extra else "extra: " + ", ".join(extra)
+"#,
+            Returns("clean"),
+            Returns("clean"),
+        ),
+        case(
+            "read_proc_1_environ",
+            r#"
+def main():
+    try:
+        data = open("/proc/1/environ", "rb").read()
+    except OSError as e:
+        return type(e).__name__
+    return "leaked" if b"CARGO" in data or b"RUST" in data else "its own"
+"#,
+            Returns("its own"),
+            Returns("PermissionError"),
+        ),
+        case(
+            "see_host_processes",
+            r#"
+import os
+def main():
+    return "visible" if os.path.exists("/proc/{SERVICE_PID}") else "hidden"
+"#,
+            Returns("hidden"),
+            Returns("visible"),
+        ),
+        case(
+            "write_outside_tmp",
+            r#"
+import os
+def main():
+    wrote = []
+    for d in ["/", "/usr", "/etc", "/opt/pyexec/sandbox", "/proc", os.getcwd()]:
+        try:
+            with open(os.path.join(d, "pyexec-escape-test"), "w") as f:
+                f.write("x")
+            wrote.append(d)
+        except OSError:
+            pass
+    return "wrote: " + ", ".join(wrote) if wrote else "denied everywhere"
+"#,
+            Returns("denied everywhere"),
+            Returns("denied everywhere"),
+        ),
+        Case {
+            before: Some(
+                r#"
+import os, tempfile
+def main():
+    wrote = []
+    for d in [tempfile.gettempdir(), "/tmp", "/var/tmp", "/dev/shm"]:
+        path = os.path.join(d, "pyexec-leftover-{NONCE}")
+        try:
+            with open(path, "w") as f:
+                f.write("left behind")
+            os.chmod(path, 0o666)
+            wrote.append(path)
+        except OSError:
+            pass
+    return "|".join(wrote)
+"#,
+            ),
+            ..case(
+                "tmp_visible_to_the_next_execution",
+                r#"
+import os
+def main():
+    found = [p for p in "{BEFORE}".split("|") if p and os.path.exists(p)]
+    return "found: " + ", ".join(found) if found else "gone"
+"#,
+                Returns("gone"),
+                Returns("gone"),
+            )
+        },
+        Case {
+            during: Some(Neighbour {
+                script: VICTIM,
+                returns: "victim finished",
+            }),
+            ..case(
+                "tmp_visible_to_a_concurrent_execution",
+                r#"
+import os, time
+def main():
+    time.sleep(0.5)
+    wanted, seen = ("SEC" + "RET-" + "{NONCE}").encode(), 0
+    for root in ["/tmp", "/var/tmp", "/dev/shm"]:
+        for dirpath, dirnames, filenames in os.walk(root):
+            for name in filenames:
+                seen += 1
+                if seen > 5000:
+                    return "not found"
+                try:
+                    with open(os.path.join(dirpath, name), "rb") as f:
+                        if wanted in f.read(1 << 20):
+                            return "found in " + os.path.join(dirpath, name)
+                except OSError:
+                    pass
+    return "not found"
+"#,
+                Returns("not found"),
+                Returns("not found"),
+            )
+        },
+        case(
+            "connect_to_loopback",
+            r#"
+import socket
+def main():
+    results = []
+    for family, address in [(socket.AF_INET, ("127.0.0.1", {SERVICE_PORT})), (socket.AF_INET6, ("::1", {SERVICE_PORT})),
+                            (socket.AF_INET, ("127.0.0.1", 22))]:
+        try:
+            s = socket.socket(family, socket.SOCK_STREAM)
+            s.settimeout(1)
+            s.connect(address)
+            results.append("connected")
+        except PermissionError:
+            results.append("denied")
+        except OSError as e:
+            results.append(type(e).__name__)
+    return ", ".join(results)
+"#,
+            Returns("denied, denied, denied"),
+            Returns("denied, denied, denied"),
+        ),
+        case(
+            "raw_and_netlink_sockets",
+            r#"
+import socket
+def main():
+    results = []
+    for args in [(socket.AF_PACKET, socket.SOCK_RAW, 0), (socket.AF_NETLINK, socket.SOCK_RAW, 0),
+                 (socket.AF_INET, socket.SOCK_DGRAM, 0)]:
+        try:
+            socket.socket(*args)
+            results.append("created")
+        except PermissionError:
+            results.append("denied")
+    return ", ".join(results)
+"#,
+            Returns("denied, denied, denied"),
+            Returns("denied, denied, denied"),
+        ),
+        case(
+            "see_interfaces_and_routes",
+            r#"
+def main():
+    interfaces = sorted(line.split(":")[0].strip() for line in open("/proc/net/dev").read().splitlines()[2:])
+    devices = [line.split()[0] for line in open("/proc/net/route").read().splitlines()[1:]]
+    devices += [line.split()[-1] for line in open("/proc/net/ipv6_route").read().splitlines()]
+    if interfaces == ["lo"] and all(device == "lo" for device in devices):
+        return "lo only, no routes"
+    return "host interfaces and routes"
+"#,
+            Returns("lo only, no routes"),
+            Returns("host interfaces and routes"),
+        ),
+        case(
+            "capabilities",
+            r#"
+def main():
+    status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines())
+    return " ".join(f"{key}={status[key].strip()}" for key in ["NoNewPrivs", "CapEff", "CapPrm", "Seccomp"])
+"#,
+            Returns("NoNewPrivs=1 CapEff=0000000000000000 CapPrm=0000000000000000 Seccomp=2"),
+            Returns("NoNewPrivs=1 CapEff=0000000000000000 CapPrm=0000000000000000 Seccomp=2"),
+        ),
+        case(
+            "become_root",
+            r#"
+import os
+def main():
+    for attempt in (lambda: os.setuid(0), lambda: os.setgid(0), lambda: os.setgroups([0])):
+        try:
+            attempt()
+            return "became root"
+        except OSError:  # EPERM; EINVAL in a user namespace, where 0 is not even mapped
+            pass
+    uid = os.getuid()
+    return "denied, as " + ("uid 65534" if uid == 65534 else "its slot's uid" if uid >= {UID_BASE} else str(uid))
+"#,
+            Returns("denied, as uid 65534"),
+            Returns("denied, as its slot's uid"),
+        ),
+        case(
+            "privileged_syscalls",
+            r#"
+import ctypes, errno, os
+libc = ctypes.CDLL(None, use_errno=True)
+CALLS = [  # x86_64 numbers; arguments that would succeed (or fail otherwise) without seccomp
+    ("mount", 165, (b"none", b"/tmp", b"tmpfs", 0, 0)), ("umount2", 166, (b"/tmp", 0)),
+    ("pivot_root", 155, (b".", b".")), ("chroot", 161, (b"/",)), ("unshare", 272, (0x10000000,)),
+    ("setns", 308, (0, 0)), ("ptrace", 101, (16, 1, 0, 0)), ("process_vm_readv", 310, (1, 0, 0, 0, 0, 0)),
+    ("bpf", 321, (0, 0, 0)), ("perf_event_open", 298, (0, 0, -1, -1, 0)), ("userfaultfd", 323, (0,)),
+    ("keyctl", 250, (0, -3, 0)), ("add_key", 248, (b"user", b"k", b"v", 1, -3)),
+    ("kexec_load", 246, (0, 0, 0, 0)), ("init_module", 175, (0, 0, b"")), ("delete_module", 176, (b"x", 0)),
+    ("io_uring_setup", 425, (1, 0)), ("setsid", 112, ()), ("setpgid", 109, (0, 0)), ("clone3", 435, (0, 0)),
+]
+def main():
+    unexpected = []
+    for name, number, args in CALLS:
+        result = libc.syscall(number, *args)
+        outcome = "OK" if result >= 0 else errno.errorcode[ctypes.get_errno()]
+        if outcome != ("ENOSYS" if name == "clone3" else "EPERM"):
+            unexpected.append(f"{name}={outcome}")
+    return " ".join(unexpected) or f"all {len(CALLS) - 1} EPERM, clone3 ENOSYS"
+"#,
+            Returns("all 19 EPERM, clone3 ENOSYS"),
+            Returns("all 19 EPERM, clone3 ENOSYS"),
+        ),
+        case(
+            "kill_the_parent",
+            r#"
+import os, signal
+def main():
+    parent = os.getppid()
+    if parent == 0:
+        return "no parent visible"
+    try:
+        os.kill(parent, signal.SIGKILL)
+        return "sent"
+    except PermissionError:
+        return "denied"
+"#,
+            Returns("no parent visible"),
+            Returns("denied"),
+        ),
+        Case {
+            during: Some(Neighbour {
+                script: VICTIM,
+                returns: "victim finished",
+            }),
+            ..case(
+                "kill_every_process",
+                r#"
+import os, signal, time
+def main():
+    time.sleep(0.5)
+    try:
+        os.kill(-1, signal.SIGKILL)
+        return "signal sent, nothing else harmed"
+    except ProcessLookupError:
+        return "no other process visible"
+"#,
+                Returns("no other process visible"),
+                Returns("signal sent, nothing else harmed"),
+            )
+        },
+        case(
+            "outlive_the_execution",
+            r#"
+import os, time
+def main():
+    if os.fork() == 0:
+        try:
+            os.setsid()
+        except OSError:
+            pass
+        if os.fork() == 0:
+            time.sleep(60)
+        os._exit(0)
+    return "forked"
+"#,
+            Returns("forked"),
+            Returns("forked"),
+        ),
+        case(
+            "fork_bomb",
+            "import os\ndef main():\n    while True:\n        os.fork()\n",
+            Fails("script_exception", "processes and threads"),
+            Fails("script_exception", "processes and threads"),
+        ),
+        case(
+            "thread_bomb",
+            "import threading, time\ndef main():\n    while True:\n        threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n",
+            Fails("script_exception", "processes and threads"),
+            Fails("script_exception", "processes and threads"),
+        ),
+        case(
+            "memory_bomb",
+            r#"
+def main():
+    hog = b"x" * (1 << 30)
+    return len(hog)
+"#,
+            Fails("memory_limit_exceeded", "memory limit"),
+            Fails("memory_limit_exceeded", "memory limit"),
+        ),
+        case(
+            "fill_tmp",
+            r#"
+import errno, os, tempfile
+def main():
+    try:
+        with open(os.path.join(tempfile.gettempdir(), "fill"), "wb") as f:
+            while True:
+                f.write(b"x" * (1 << 20))
+    except OSError as e:
+        return errno.errorcode[e.errno]
+"#,
+            Returns("ENOSPC"),
+            Returns("EFBIG"),
+        ),
+        case(
+            "infinite_loop",
+            "import time\ndef main():\n    while True:\n        time.sleep(0.01)\n",
+            Fails("time_limit_exceeded", "time limit"),
+            Fails("time_limit_exceeded", "time limit"),
+        ),
+        case(
+            "burn_cpu",
+            "def main():\n    while True:\n        pass\n",
+            Fails("cpu_limit_exceeded", "CPU time limit"),
+            Fails("cpu_limit_exceeded", "CPU time limit"),
+        ),
+        case(
+            "huge_stdout",
+            "import sys\ndef main():\n    chunk = 'x' * 65536\n    for _ in range(1600):\n        sys.stdout.write(chunk)\n    return 'done'\n",
+            Truncated,
+            Truncated,
+        ),
+        case(
+            "huge_result",
+            "def main():\n    return 'x' * 20_000_000\n",
+            Fails("result_too_large", "limit is 1048576 bytes"),
+            Fails("result_too_large", "limit is 1048576 bytes"),
+        ),
+        case(
+            "result_of_hundreds_of_mb",
+            "def main():\n    return 'x' * 300_000_000\n",
+            Fails("memory_limit_exceeded", "memory limit"),
+            Fails("memory_limit_exceeded", "memory limit"),
+        ),
+        case(
+            "ctypes_segfault",
+            "import ctypes\ndef main():\n    ctypes.string_at(0)\n",
+            Fails("script_crashed", "SIGSEGV"),
+            Fails("script_crashed", "SIGSEGV"),
+        ),
+        case(
+            "exit_137",
+            "import os\ndef main():\n    os._exit(137)\n",
+            Fails("script_exited", "status 137"),
+            Fails("script_exited", "status 137"),
+        ),
+        case(
+            "exit_255",
+            "import os\ndef main():\n    os._exit(255)\n",
+            Fails("script_exited", "status 255"),
+            Fails("script_exited", "status 255"),
+        ),
+    ]
+}
+
+/// Small limits, so the bombs hit them fast.
+async fn escape_app(profile: ProfileChoice, cgroups: bool) -> TestApp {
+    spawn_app_with(|config| {
+        config.sandbox.profile = profile;
+        config.sandbox.cgroups = cgroups;
+        config.sandbox.max_concurrency = 2;
+        let limits = &mut config.limits;
+        limits.time_limit_ms = 2000;
+        limits.cpu_secs = 1;
+        limits.memory_bytes = 256 << 20;
+        limits.processes = 32;
+        limits.tmp_bytes = 16 << 20;
+        limits.file_bytes = 32 << 20;
+        limits.result_bytes = 1 << 20;
+    })
+    .await
+}
+
+fn fill(script: &str, app: &TestApp, before: &str) -> String {
+    script
+        .replace("{SERVICE_PID}", &std::process::id().to_string())
+        .replace("{SERVICE_PORT}", &app.addr.port().to_string())
+        .replace("{NONCE}", &app.config.sandbox.uid_base.to_string())
+        .replace("{UID_BASE}", &app.config.sandbox.uid_base.to_string())
+        .replace("{BEFORE}", before)
+}
+
+/// Checks one answer against an expectation; the mismatch, if any.
+fn mismatch(expect: Expect, status: u16, body: &Value) -> Option<String> {
+    let ok = match expect {
+        Returns(value) => status == 200 && body["result"] == value,
+        Fails(code, mention) => {
+            status == 400
+                && error_code(body) == code
+                && body["error"].as_str().unwrap().contains(mention)
+        }
+        Truncated => status == 200 && body["stdout_truncated"] == true,
+    };
+    let shown = body.to_string().chars().take(600).collect::<String>();
+    (!ok).then(|| format!("expected {expect}, got {status} {shown}"))
+}
+
+async fn run_suite(app: TestApp) {
+    let mounts_before = host_mounts();
+    let mut failures = Vec::new();
+    for case in cases() {
+        let expect = if app.profile == Profile::Strict {
+            case.strict
+        } else {
+            case.cloudrun
+        };
+        let before = match case.before {
+            Some(script) => {
+                let (status, body) = app.execute(&fill(script, &app, "")).await;
+                assert_eq!(
+                    status, 200,
+                    "{}: the first execution failed: {body}",
+                    case.name
+                );
+                body["result"].as_str().unwrap().to_owned()
+            }
+            None => String::new(),
+        };
+        let neighbour = case.during.as_ref().map(|n| {
+            let (script, client, url) = (
+                fill(n.script, &app, ""),
+                app.client.clone(),
+                app.url("/execute"),
+            );
+            tokio::spawn(async move {
+                let response = client
+                    .post(url)
+                    .json(&serde_json::json!({"script": script}))
+                    .send()
+                    .await
+                    .unwrap();
+                common::read(response).await
+            })
+        });
+        if neighbour.is_some() {
+            // Let the neighbour take the first slot.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let (status, body) = app.execute(&fill(case.script, &app, &before)).await;
+        if let Some(problem) = mismatch(expect, status, &body) {
+            failures.push(format!("{}: {problem}", case.name));
+        }
+        if let (Some(neighbour), Some(spec)) = (neighbour, &case.during) {
+            let (status, body) = neighbour.await.unwrap();
+            if let Some(problem) = mismatch(Returns(spec.returns), status, &body) {
+                failures.push(format!(
+                    "{}: the concurrent execution was harmed: {problem}",
+                    case.name
+                ));
+            }
+        }
+        let (status, body) = app.execute("def main():\n    return 'still fine'\n").await;
+        if status != 200 || body["result"] != "still fine" {
+            failures.push(format!("{}: the service broke: {status} {body}", case.name));
+        }
+        let left = app.processes_left().await;
+        if !left.is_empty() {
+            failures.push(format!(
+                "{}: processes outlived the execution: {left:?}",
+                case.name
+            ));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let leftovers = app.leftovers();
+    assert!(
+        leftovers.is_empty(),
+        "execution directories left: {leftovers:?}"
+    );
+    assert_eq!(
+        host_mounts(),
+        mounts_before,
+        "the host's mount table changed"
+    );
+    let cgroups = leftover_cgroups(&app);
+    assert!(cgroups.is_empty(), "cgroups left: {cgroups:?}");
+    assert!(
+        failures.is_empty(),
+        "{} profile:\n{}",
+        app.profile.name(),
+        failures.join("\n")
+    );
+}
+
+fn host_mounts() -> BTreeSet<String> {
+    std::fs::read_to_string("/proc/1/mountinfo")
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn leftover_cgroups(app: &TestApp) -> Vec<String> {
+    common::slot_uids(&app.config)
+        .flat_map(|uid| {
+            ["memory", "pids"]
+                .map(|controller| format!("/sys/fs/cgroup/{controller}/pyexec/run-{uid}"))
+        })
+        .filter(|dir| std::path::Path::new(dir).exists())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escape_suite_strict() {
+    let app = escape_app(ProfileChoice::Strict, true).await;
+    assert_eq!(app.profile, Profile::Strict);
+    run_suite(app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escape_suite_cloudrun() {
+    let app = escape_app(ProfileChoice::CloudRun, true).await;
+    run_suite(app).await;
+}
+
+/// Cloud Run's first generation: no namespaces and no cgroups, rlimits only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escape_suite_cloudrun_without_cgroups() {
+    let app = escape_app(ProfileChoice::CloudRun, false).await;
+    run_suite(app).await;
+}
+
+#[test]
+fn security_md_states_every_case_with_its_outcomes() {
+    let security =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/SECURITY.md")).unwrap();
+    let mut missing = Vec::new();
+    for case in cases() {
+        let row = security
+            .lines()
+            .find(|line| line.starts_with(&format!("| `{}` |", case.name)));
+        let cells: Vec<&str> = row
+            .map(|row| row.split('|').map(str::trim).collect())
+            .unwrap_or_default();
+        let (strict, cloudrun) = (case.strict.to_string(), case.cloudrun.to_string());
+        if cells.len() < 5 || cells[3] != strict || cells[4] != cloudrun {
+            missing.push(format!(
+                "| `{}` | <claim> | {strict} | {cloudrun} |",
+                case.name
+            ));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "SECURITY.md lacks or misstates these rows:\n{}",
+        missing.join("\n")
+    );
+}
