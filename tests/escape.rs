@@ -102,6 +102,19 @@ def main():
             Returns("read"),
         ),
         case(
+            "read_service_files",
+            r#"
+def main():
+    try:
+        open("/opt/pyexec/bin/nsjail", "rb").read(4)
+        return "read"
+    except FileNotFoundError:
+        return "missing"
+"#,
+            Returns("missing"),
+            Returns("read"),
+        ),
+        case(
             "read_service_process",
             r#"
 def main():
@@ -418,6 +431,12 @@ def main():
 "#,
             Fails("memory_limit_exceeded", "memory limit"),
             Fails("memory_limit_exceeded", "memory limit"),
+        ),
+        case(
+            "open_files",
+            "def main():\n    files = []\n    while True:\n        files.append(open('/dev/null'))\n",
+            Fails("script_exception", "open files"),
+            Fails("script_exception", "open files"),
         ),
         case(
             "fill_tmp",
