@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Everything the service can be told, grouped by who uses it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
@@ -70,8 +70,8 @@ pub struct SandboxConfig {
     pub max_concurrency: usize,
 }
 
-/// Per-execution limits.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// Per-execution limits (also shown by `GET /`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Largest script, in bytes of UTF-8. Default 102,400 (100 KiB).

@@ -3,6 +3,7 @@
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+use crate::config::Limits;
 pub use crate::sandbox::Isolation;
 
 /// `200` from `POST /execute`: `main()`'s return value and what the script printed.
@@ -42,7 +43,7 @@ pub struct InfoResponse {
     pub version: &'static str,
     pub description: &'static str,
     pub endpoints: Vec<Endpoint>,
-    pub limits: InfoLimits,
+    pub limits: Limits,
     pub isolation: Isolation,
 }
 
@@ -51,18 +52,4 @@ pub struct Endpoint {
     pub method: &'static str,
     pub path: &'static str,
     pub description: &'static str,
-}
-
-#[derive(Debug, Serialize)]
-pub struct InfoLimits {
-    pub script_bytes: usize,
-    pub time_limit_ms: u64,
-    pub output_bytes: usize,
-    pub result_bytes: usize,
-    pub memory_bytes: u64,
-    pub processes: u64,
-    pub cpu_secs: u64,
-    pub tmp_bytes: u64,
-    pub file_bytes: u64,
-    pub open_files: u64,
 }

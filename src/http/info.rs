@@ -4,10 +4,9 @@ use axum::Json;
 use axum::extract::State;
 
 use crate::app::AppState;
-use crate::protocol::{Endpoint, InfoLimits, InfoResponse};
+use crate::protocol::{Endpoint, InfoResponse};
 
 pub(super) async fn info(State(state): State<AppState>) -> Json<InfoResponse> {
-    let limits = &state.config.limits;
     Json(InfoResponse {
         name: env!("CARGO_PKG_NAME"),
         version: env!("CARGO_PKG_VERSION"),
@@ -31,18 +30,7 @@ pub(super) async fn info(State(state): State<AppState>) -> Json<InfoResponse> {
                 description: "This description.",
             },
         ],
-        limits: InfoLimits {
-            script_bytes: limits.script_bytes,
-            time_limit_ms: limits.time_limit_ms,
-            output_bytes: limits.output_bytes,
-            result_bytes: limits.result_bytes,
-            memory_bytes: limits.memory_bytes,
-            processes: limits.processes,
-            cpu_secs: limits.cpu_secs,
-            tmp_bytes: limits.tmp_bytes,
-            file_bytes: limits.file_bytes,
-            open_files: limits.open_files,
-        },
+        limits: state.config.limits.clone(),
         isolation: state.sandbox.isolation(),
     })
 }
