@@ -32,6 +32,14 @@ pub struct ServerConfig {
     /// Largest request body read, in bytes; larger bodies get 413 before they are buffered.
     /// Default 1 MiB: room for a 100 KiB script even when JSON escaping inflates it.
     pub max_body_bytes: usize,
+    /// A client must send a request's headers within this, in milliseconds, or the connection
+    /// is closed (slowloris). Default 10,000.
+    pub header_read_timeout_ms: u64,
+    /// ... and its body within this (408 otherwise). Default 10,000.
+    pub body_read_timeout_ms: u64,
+    /// After SIGTERM, in-flight executions get this long to finish before they are stopped
+    /// and answered 503. Default 8,000: under Cloud Run's 10 s. Env `PYEXEC_SHUTDOWN_GRACE_MS`.
+    pub shutdown_grace_ms: u64,
 }
 
 /// How the sandbox is started.
@@ -68,6 +76,12 @@ pub struct SandboxConfig {
     /// Sandboxes running at once; further requests wait. 0 (default) means one per CPU;
     /// env `PYEXEC_MAX_CONCURRENCY`.
     pub max_concurrency: usize,
+    /// Requests that may wait for a sandbox; beyond them the answer is 503 at once.
+    /// Default 16; env `PYEXEC_MAX_QUEUE`.
+    pub max_queue: usize,
+    /// How long a request may wait for a sandbox before it gets 503, in milliseconds.
+    /// Default 10,000.
+    pub queue_timeout_ms: u64,
 }
 
 /// Per-execution limits (also shown by `GET /`).
@@ -178,6 +192,9 @@ impl Default for ServerConfig {
             port: 8080,
             log_format: LogFormat::Text,
             max_body_bytes: 1024 * 1024,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 10_000,
+            shutdown_grace_ms: 8_000,
         }
     }
 }
@@ -194,6 +211,8 @@ impl Default for SandboxConfig {
             uid_base: 990_000,
             cgroups: true,
             max_concurrency: 0,
+            max_queue: 16,
+            queue_timeout_ms: 10_000,
         }
     }
 }
@@ -224,6 +243,31 @@ impl Limits {
 impl ServerConfig {
     pub fn listen_addr(&self) -> SocketAddr {
         SocketAddr::new(self.host, self.port)
+    }
+
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_read_timeout_ms)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+impl Config {
+    /// The backstop for a whole request: the longest a request can legitimately take (wait for
+    /// a sandbox, run, read its body) plus a margin, so the runner, which kills the jail,
+    /// always answers first, and nothing can hang the service or its shutdown.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(
+            self.sandbox.queue_timeout_ms
+                + self.limits.time_limit_ms
+                + self.server.body_read_timeout_ms,
+        ) + Duration::from_secs(10)
     }
 }
 
@@ -285,6 +329,12 @@ impl Config {
         override_from(&env, "PYEXEC_PROFILE_DIR", &mut sandbox.profile_dir)?;
         override_from(&env, "PYEXEC_WORK_ROOT", &mut sandbox.work_root)?;
         override_from(&env, "PYEXEC_MAX_CONCURRENCY", &mut sandbox.max_concurrency)?;
+        override_from(&env, "PYEXEC_MAX_QUEUE", &mut sandbox.max_queue)?;
+        override_from(
+            &env,
+            "PYEXEC_SHUTDOWN_GRACE_MS",
+            &mut server.shutdown_grace_ms,
+        )?;
         override_from(&env, "PYEXEC_TIME_LIMIT_MS", &mut limits.time_limit_ms)?;
         config.validate()?;
         Ok(config)

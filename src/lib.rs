@@ -7,6 +7,7 @@ pub mod harness;
 pub mod http;
 pub mod protocol;
 pub mod sandbox;
+pub mod server;
 pub mod telemetry;
 pub mod validate;
 

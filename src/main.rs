@@ -1,9 +1,9 @@
-//! The process shell: configuration, logging, the sandbox's start-up check, then serve until
+//! The process shell: configuration, logging, the sandbox's start-up probe, then serve until
 //! SIGTERM or SIGINT. No logic of its own.
 
 use std::future::Future;
 
-use pyexec::{AppState, Config, router, telemetry};
+use pyexec::{AppState, Config, server, telemetry};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -16,10 +16,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let shutdown = shutdown_signal()?;
     let listener = TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "listening");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await?;
-    tracing::info!("stopped");
+    server::serve(listener, state, shutdown).await;
     Ok(())
 }
 
@@ -29,6 +26,5 @@ fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
     let mut int = signal(SignalKind::interrupt())?;
     Ok(async move {
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-        tracing::info!("shutdown signal received; finishing in-flight requests");
     })
 }

@@ -55,7 +55,11 @@ async fn health_is_503_with_the_reason_when_nsjail_is_missing() {
     assert!(state.sandbox.health().await.is_err());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, pyexec::router(state)).await });
+    tokio::spawn(pyexec::server::serve(
+        listener,
+        state,
+        std::future::pending(),
+    ));
 
     let response = reqwest::get(format!("http://{addr}/health")).await.unwrap();
     assert_eq!(response.headers()["retry-after"], "5");

@@ -3,18 +3,21 @@
 
 use std::time::Duration;
 
-use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde_json::{Map, Value, json};
 
+use super::log::Logged;
 use crate::protocol::ErrorBody;
 use crate::sandbox::{Output, SandboxError, ScriptFailure, signal_name};
 use crate::validate::ValidationError;
 
 /// Seconds a client should wait before retrying a 503.
 const RETRY_AFTER_SECS: &str = "5";
+/// ... and after a 503 for a full queue: a slot frees up within a script's run.
+const RETRY_AFTER_BUSY_SECS: &str = "1";
 
 /// An error answer of the API.
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +55,24 @@ pub struct FailedExecution {
     pub failure: ScriptFailure,
     pub stdout: Output,
     pub stderr: Output,
+    pub usage: Usage,
+}
+
+/// What the sandbox used, for the log.
+#[derive(Debug, Clone, Copy)]
+pub struct Usage {
     pub duration: Duration,
+    pub memory_peak_bytes: Option<u64>,
+}
+
+impl Usage {
+    pub fn logged(self, code: &'static str) -> Logged {
+        Logged {
+            code,
+            sandbox_ms: Some(duration_ms(self.duration)),
+            memory_peak_bytes: self.memory_peak_bytes,
+        }
+    }
 }
 
 impl ApiError {
@@ -66,9 +86,10 @@ impl ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::Sandbox(SandboxError::Unavailable(_)) | Self::Unhealthy(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::Sandbox(
+                SandboxError::Unavailable(_) | SandboxError::Busy(_) | SandboxError::ShuttingDown,
+            )
+            | Self::Unhealthy(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Sandbox(SandboxError::Internal { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -88,6 +109,8 @@ impl ApiError {
             Self::Sandbox(SandboxError::Unavailable(_)) | Self::Unhealthy(_) => {
                 "sandbox_unavailable"
             }
+            Self::Sandbox(SandboxError::Busy(_)) => "busy",
+            Self::Sandbox(SandboxError::ShuttingDown) => "shutting_down",
             Self::Sandbox(SandboxError::Internal { .. }) => "internal_error",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
@@ -184,7 +207,7 @@ impl FailedExecution {
         details["stderr"] = json!(self.stderr.text);
         details["stdout_truncated"] = json!(self.stdout.truncated);
         details["stderr_truncated"] = json!(self.stderr.truncated);
-        details["duration_ms"] = json!(duration_ms(self.duration));
+        details["duration_ms"] = json!(duration_ms(self.usage.duration));
         details
     }
 }
@@ -228,12 +251,23 @@ impl IntoResponse for ApiError {
             code: self.code(),
             details: self.details(),
         };
-        let mut response = (status, Json(body)).into_response();
+        let logged = match &self {
+            Self::ScriptFailed(failed) => failed.usage.logged(body.code),
+            _ => Logged {
+                code: body.code,
+                ..Logged::default()
+            },
+        };
+        let mut response = (status, Extension(logged), Json(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from_static(RETRY_AFTER_SECS),
-            );
+            let after = if matches!(self, Self::Sandbox(SandboxError::Busy(_))) {
+                RETRY_AFTER_BUSY_SECS
+            } else {
+                RETRY_AFTER_SECS
+            };
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static(after));
         }
         response
     }

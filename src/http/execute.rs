@@ -4,7 +4,9 @@ use axum::Json;
 use axum::extract::State;
 use serde_json::Value;
 
-use super::error::{ApiError, FailedExecution, duration_ms};
+use axum::response::{IntoResponse, Response};
+
+use super::error::{ApiError, FailedExecution, Usage, duration_ms};
 use super::extract::AppJson;
 use crate::app::AppState;
 use crate::protocol::ExecuteResponse;
@@ -14,28 +16,38 @@ use crate::validate::validate;
 pub(super) async fn execute(
     State(state): State<AppState>,
     AppJson(body): AppJson<Value>,
-) -> Result<Json<ExecuteResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let script = validate(script_field(body)?, state.config.limits.script_bytes)?;
     let Execution {
         outcome,
         stdout,
         stderr,
         duration,
+        memory_peak_bytes,
     } = state.sandbox.execute(&script).await?;
+    let usage = Usage {
+        duration,
+        memory_peak_bytes,
+    };
     match outcome {
-        Outcome::Returned(result) => Ok(Json(ExecuteResponse {
-            result,
-            stdout: stdout.text,
-            stderr: stderr.text,
-            stdout_truncated: stdout.truncated,
-            stderr_truncated: stderr.truncated,
-            duration_ms: duration_ms(duration),
-        })),
+        Outcome::Returned(result) => {
+            let mut response = Json(ExecuteResponse {
+                result,
+                stdout: stdout.text,
+                stderr: stderr.text,
+                stdout_truncated: stdout.truncated,
+                stderr_truncated: stderr.truncated,
+                duration_ms: duration_ms(duration),
+            })
+            .into_response();
+            response.extensions_mut().insert(usage.logged("ok"));
+            Ok(response)
+        }
         Outcome::Failed(failure) => Err(ApiError::ScriptFailed(Box::new(FailedExecution {
             failure,
             stdout,
             stderr,
-            duration,
+            usage,
         }))),
     }
 }

@@ -6,8 +6,7 @@ mod execute;
 mod extract;
 mod health;
 mod info;
-
-use std::time::Duration;
+mod log;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -16,37 +15,35 @@ use axum::routing::{get, post};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
+use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
 
 use crate::app::AppState;
 use crate::telemetry;
 
-/// Above the script's own limit, so the runner (which kills the jail) always answers first;
-/// this only guarantees that no request can hang the service or its shutdown.
-const REQUEST_TIMEOUT_MARGIN: Duration = Duration::from_secs(30);
-
 /// The whole API.
 pub fn router(state: AppState) -> Router {
-    let request_timeout = state.config.limits.time_limit() + REQUEST_TIMEOUT_MARGIN;
+    let server = &state.config.server;
     Router::new()
         .route("/", get(info::info))
         .route("/health", get(health::health))
         .route("/execute", post(execute::execute))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(DefaultBodyLimit::max(state.config.server.max_body_bytes))
+        .layer(DefaultBodyLimit::max(server.max_body_bytes))
+        .layer(RequestBodyTimeoutLayer::new(server.body_read_timeout()))
         // Each `Router::layer` wraps the ones before it, so these run innermost first. They are
         // separate calls because each turns its body type back into axum's, which the JSON
         // backstop needs: it must see the timeout's and the panic handler's responses.
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
-            request_timeout,
+            state.config.request_timeout(),
         ))
         .layer(CatchPanicLayer::new())
         .layer(axum::middleware::map_response(error::json_backstop))
+        .layer(axum::middleware::from_fn(log::access_log))
         // Listed outermost first: the request id exists before the span reads it.
         .layer(
             ServiceBuilder::new()
@@ -54,7 +51,8 @@ pub fn router(state: AppState) -> Router {
                 .layer(
                     TraceLayer::new_for_http()
                         .make_span_with(telemetry::request_span)
-                        .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))
+                        // One line per request comes from `log::access_log`, inside this span.
+                        .on_response(())
                         .on_failure(()),
                 )
                 .layer(PropagateRequestIdLayer::x_request_id()),

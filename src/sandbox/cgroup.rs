@@ -115,6 +115,20 @@ impl Cgroup {
         })
     }
 
+    /// The most memory the group has held, in bytes.
+    pub fn memory_peak(&self) -> Option<u64> {
+        let file = if self.v2 {
+            "memory.peak"
+        } else {
+            "memory.max_usage_in_bytes"
+        };
+        std::fs::read_to_string(self.dirs[0].join(file))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
     /// SIGKILLs every process in the group.
     fn kill_all(&self) {
         if self.v2 && std::fs::write(self.dirs[0].join("cgroup.kill"), "1").is_ok() {

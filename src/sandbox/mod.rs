@@ -23,7 +23,8 @@ use crate::harness;
 use crate::validate::{Script, validate};
 use cgroup::Cgroups;
 use process::Caps;
-use slots::{Slot, Slots};
+use slots::{Refused, Slot, Slots};
+use tokio_util::sync::CancellationToken;
 
 /// nsjail's log is a few lines; more than this is noise.
 const LOG_CAP: usize = 64 * 1024;
@@ -43,6 +44,8 @@ pub struct Sandbox {
     cgroups: Option<Cgroups>,
     slots: Arc<Slots>,
     health: Mutex<Health>,
+    /// Fired when the shutdown grace is over: every running execution stops.
+    cancel: CancellationToken,
 }
 
 #[derive(Debug, Clone)]
@@ -57,6 +60,12 @@ pub enum SandboxError {
     /// nsjail or the sandbox Python is missing or broken (503: it may come back).
     #[error("the sandbox is unavailable: {0}")]
     Unavailable(String),
+    /// Every sandbox is busy and the request could not wait (503, retry soon).
+    #[error("the service is busy: {0}; retry shortly")]
+    Busy(&'static str),
+    /// The service is stopping: the execution was refused or stopped (503, retry elsewhere).
+    #[error("the service is shutting down; retry the request")]
+    ShuttingDown,
     /// The service failed at something it should always be able to do (500).
     #[error("{context}: {source}")]
     Internal {
@@ -89,17 +98,25 @@ impl Sandbox {
         if let Ok(dir) = std::path::absolute(&config.profile_dir) {
             config.profile_dir = dir;
         }
-        let cgroups = match Cgroups::detect(&limits, &format!("probe-{}", config.uid_base)) {
-            Ok(cgroups) => Some(cgroups),
-            Err(reason) => {
-                tracing::warn!(
-                    reason,
-                    "no writable cgroups: memory and processes are bounded by rlimits only"
-                );
-                None
-            }
+        let cgroups = if config.cgroups {
+            Cgroups::detect(&limits, &format!("probe-{}", config.uid_base))
+                .inspect_err(|reason| {
+                    tracing::warn!(
+                        reason,
+                        "no writable cgroups: memory and processes are bounded by rlimits only"
+                    );
+                })
+                .ok()
+        } else {
+            None
         };
-        let slots = Slots::new(config.uid_base, config.concurrency());
+        let queue_timeout = Duration::from_millis(config.queue_timeout_ms);
+        let slots = Slots::new(
+            config.uid_base,
+            config.concurrency(),
+            config.max_queue,
+            queue_timeout,
+        );
         let first = match config.profile {
             ProfileChoice::Auto | ProfileChoice::Strict => Profile::Strict,
             ProfileChoice::CloudRun => Profile::CloudRun,
@@ -115,6 +132,7 @@ impl Sandbox {
             cgroups,
             slots,
             health,
+            cancel: CancellationToken::new(),
         };
         let Err(strict_failure) = sandbox.check().await else {
             return sandbox.admit();
@@ -170,6 +188,16 @@ impl Sandbox {
         Ok(self)
     }
 
+    /// Refuses new executions (and those waiting for a slot): the service is shutting down.
+    pub fn stop_admitting(&self) {
+        self.slots.close();
+    }
+
+    /// Stops every running execution; each answers 503 `shutting_down`.
+    pub fn cancel_running(&self) {
+        self.cancel.cancel();
+    }
+
     pub fn profile(&self) -> Profile {
         self.profile
     }
@@ -188,9 +216,18 @@ impl Sandbox {
     /// Runs `script` in a fresh jail and waits for it, at most the time limit.
     #[tracing::instrument(skip_all, fields(script_bytes = script.as_str().len()))]
     pub async fn execute(&self, script: &Script) -> Result<Execution, SandboxError> {
-        let mut slot =
-            self.slots.acquire().await.ok_or_else(|| {
-                SandboxError::Unavailable("the service is shutting down".to_owned())
+        let mut slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|refused| match refused {
+                Refused::QueueFull => {
+                    SandboxError::Busy("every sandbox is busy and the queue is full")
+                }
+                Refused::QueueTimeout => {
+                    SandboxError::Busy("no sandbox became free within the queue timeout")
+                }
+                Refused::Closed => SandboxError::ShuttingDown,
             })?;
         slot.sweep_files = !self.profile.namespaced();
         // Declared after the slot, so on every path it is deleted before the slot is freed.
@@ -221,17 +258,32 @@ impl Sandbox {
             result: self.limits.result_bytes + FRAME_OVERHEAD,
             log: LOG_CAP,
         };
-        let finished = process::run(cmd, command::FDS, self.limits.time_limit(), caps)
-            .await
-            .map_err(|source| self.spawn_error(source))?;
+        let finished = process::run(
+            cmd,
+            command::FDS,
+            self.limits.time_limit(),
+            caps,
+            &self.cancel,
+        )
+        .await
+        .map_err(|source| self.spawn_error(source))?;
         let oom_killed = slot.cgroup().is_some_and(cgroup::Cgroup::oom_killed);
         drop(workdir);
+        let memory_peak_bytes = slot.cgroup().and_then(cgroup::Cgroup::memory_peak);
         slot.release().await;
-        let execution = outcome::classify(finished, self.profile, oom_killed, &self.limits);
-        if let Err(SandboxError::Unavailable(reason)) = &execution {
-            tracing::error!(reason, "sandbox failed to start the harness");
-        }
-        execution
+        let outcome = outcome::classify(&finished, self.profile, oom_killed, &self.limits)
+            .inspect_err(|error| {
+                if let SandboxError::Unavailable(reason) = error {
+                    tracing::error!(reason, "sandbox failed to start the harness");
+                }
+            })?;
+        Ok(Execution {
+            outcome,
+            stdout: outcome::decode(finished.stdout),
+            stderr: outcome::decode(finished.stderr),
+            duration: finished.elapsed,
+            memory_peak_bytes,
+        })
     }
 
     /// Runs the canary script and records the result for [`Sandbox::health`].
@@ -308,22 +360,22 @@ impl Sandbox {
     /// The execution's private directory, readable only by root and the slot's gid: the
     /// harness and the script, and (no mount namespace) a `tmp/` only the slot's uid can use.
     fn prepare(&self, slot: &Slot, script: &str) -> Result<tempfile::TempDir, SandboxError> {
-        let internal = |context| move |source| SandboxError::Internal { context, source };
-        let dir = tempfile::Builder::new()
-            .prefix("pyexec-")
-            .tempdir_in(&self.config.work_root)
-            .map_err(|source| match source.kind() {
+        // A full disk is the host's condition, not a fault of ours: 503, and it may pass.
+        let internal = |context| {
+            move |source: io::Error| match source.kind() {
                 io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
                     SandboxError::Unavailable(format!(
-                        "no space for an execution directory in {}",
+                        "no space left for an execution's files in {}",
                         self.config.work_root.display()
                     ))
                 }
-                _ => SandboxError::Internal {
-                    context: "creating the execution directory failed",
-                    source,
-                },
-            })?;
+                _ => SandboxError::Internal { context, source },
+            }
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("pyexec-")
+            .tempdir_in(&self.config.work_root)
+            .map_err(internal("creating the execution directory failed"))?;
         harness::install(dir.path(), script).map_err(internal("writing the script failed"))?;
         for file in [harness::HARNESS_FILE, harness::SCRIPT_FILE] {
             let path = dir.path().join(file);

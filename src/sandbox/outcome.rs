@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::value::RawValue;
 
 use super::SandboxError;
-use super::process::{Captured, Finished};
+use super::process::{Captured, Ended, Finished};
 use crate::config::{Limits, Profile};
 use crate::harness::{self, ProtocolError, Reported};
 
@@ -21,6 +21,8 @@ pub struct Execution {
     pub stdout: Output,
     pub stderr: Output,
     pub duration: Duration,
+    /// The most memory the execution's cgroup held, where there was one.
+    pub memory_peak_bytes: Option<u64>,
 }
 
 /// Captured output, decoded lossily: invalid UTF-8 becomes U+FFFD.
@@ -95,38 +97,30 @@ const SIGXCPU: i32 = 24;
 
 /// Decides what happened; an error only when the harness never started (a broken sandbox).
 pub fn classify(
-    finished: Finished,
+    finished: &Finished,
     profile: Profile,
     oom_killed: bool,
     limits: &Limits,
-) -> Result<Execution, SandboxError> {
+) -> Result<Outcome, SandboxError> {
     let Finished {
-        status,
-        stdout,
+        ended,
         stderr,
         result,
         log,
-        elapsed,
+        ..
     } = finished;
     let report = harness::parse(&result.bytes, result.truncated);
-    let failure = match status {
-        None => ScriptFailure::TimeLimit {
+    let failure = match *ended {
+        Ended::Cancelled => return Err(SandboxError::ShuttingDown),
+        Ended::TimedOut => ScriptFailure::TimeLimit {
             limit_ms: limits.time_limit_ms,
         },
-        Some(_) if !report.started => {
-            return Err(SandboxError::Unavailable(startup_failure(&log, &stderr)));
+        Ended::Exited(_) if !report.started => {
+            return Err(SandboxError::Unavailable(startup_failure(log, stderr)));
         }
-        Some(status) => match report.outcome {
+        Ended::Exited(status) => match report.outcome {
             Some(Ok(reported)) => match reported_failure(reported, limits) {
-                Ok(value) => {
-                    let (stdout, stderr) = (decode(stdout), decode(stderr));
-                    return Ok(Execution {
-                        outcome: Outcome::Returned(value),
-                        stdout,
-                        stderr,
-                        duration: elapsed,
-                    });
-                }
+                Ok(value) => return Ok(Outcome::Returned(value)),
                 Err(failure) => failure,
             },
             Some(Err(error)) => ScriptFailure::UnreadableResult(error),
@@ -150,12 +144,7 @@ pub fn classify(
             }
         },
     };
-    Ok(Execution {
-        outcome: Outcome::Failed(failure),
-        stdout: decode(stdout),
-        stderr: decode(stderr),
-        duration: elapsed,
-    })
+    Ok(Outcome::Failed(failure))
 }
 
 /// The returned value, or the failure the harness reported.
@@ -250,7 +239,8 @@ fn startup_failure(log: &Captured, stderr: &Captured) -> String {
     }
 }
 
-fn decode(captured: Captured) -> Output {
+/// Captured bytes as text: invalid UTF-8 becomes U+FFFD.
+pub fn decode(captured: Captured) -> Output {
     let text = match String::from_utf8(captured.bytes) {
         Ok(text) => text,
         Err(error) => String::from_utf8_lossy(error.as_bytes()).into_owned(),
@@ -318,7 +308,9 @@ mod tests {
 
     fn finished(status: Option<i32>, result: &str, log: &str) -> Finished {
         Finished {
-            status: status.map(ExitStatus::from_raw),
+            ended: status.map_or(Ended::TimedOut, |raw| {
+                Ended::Exited(ExitStatus::from_raw(raw))
+            }),
             stdout: Captured {
                 bytes: b"out \xff".to_vec(),
                 truncated: false,
@@ -336,23 +328,20 @@ mod tests {
         }
     }
 
-    fn failure_in(profile: Profile, oom: bool, finished: Finished) -> ScriptFailure {
-        match classify(finished, profile, oom, &Limits::default())
-            .unwrap()
-            .outcome
-        {
+    fn failure_in(profile: Profile, oom: bool, finished: &Finished) -> ScriptFailure {
+        match classify(finished, profile, oom, &Limits::default()).unwrap() {
             Outcome::Failed(failure) => failure,
             Outcome::Returned(value) => panic!("returned {value}"),
         }
     }
 
-    fn failure(finished: Finished) -> ScriptFailure {
+    fn failure(finished: &Finished) -> ScriptFailure {
         failure_in(Profile::CloudRun, false, finished)
     }
 
     #[test]
     fn the_deadline_wins_over_everything_else() {
-        let failure = failure(finished(None, "", ""));
+        let failure = failure(&finished(None, "", ""));
         assert!(matches!(
             failure,
             ScriptFailure::TimeLimit { limit_ms: 30_000 }
@@ -367,7 +356,7 @@ mod tests {
     fn no_started_frame_means_the_sandbox_failed_whatever_the_exit_code() {
         let log = "[I] Mode: STANDALONE_EXECVE\n[E][2026] execve('/x') failed: No such file\n";
         let error = classify(
-            finished(Some(255 << 8), "", log),
+            &finished(Some(255 << 8), "", log),
             Profile::CloudRun,
             false,
             &Limits::default(),
@@ -381,7 +370,7 @@ mod tests {
 
     #[test]
     fn exit_255_after_starting_is_the_scripts_own_exit() {
-        let failure = failure(finished(Some(255 << 8), STARTED, ""));
+        let failure = failure(&finished(Some(255 << 8), STARTED, ""));
         assert!(
             matches!(failure, ScriptFailure::Exited { code: 255 }),
             "{failure:?}"
@@ -390,7 +379,7 @@ mod tests {
 
     #[test]
     fn a_signal_after_starting_is_a_crash() {
-        let failure = failure(finished(Some(11), STARTED, ""));
+        let failure = failure(&finished(Some(11), STARTED, ""));
         assert!(failure.to_string().contains("SIGSEGV"), "{failure}");
     }
 
@@ -400,7 +389,7 @@ mod tests {
         let failure = failure_in(
             Profile::Strict,
             false,
-            finished(Some(139 << 8), STARTED, exited),
+            &finished(Some(139 << 8), STARTED, exited),
         );
         assert!(
             matches!(failure, ScriptFailure::Exited { code: 139 }),
@@ -411,7 +400,7 @@ mod tests {
         let failure = failure_in(
             Profile::Strict,
             false,
-            finished(Some(139 << 8), STARTED, signaled),
+            &finished(Some(139 << 8), STARTED, signaled),
         );
         assert!(
             matches!(failure, ScriptFailure::Crashed { signal: 11 }),
@@ -426,27 +415,25 @@ mod tests {
         let failure = failure_in(
             Profile::Strict,
             true,
-            finished(Some(137 << 8), STARTED, killed),
+            &finished(Some(137 << 8), STARTED, killed),
         );
         assert!(
             failure.to_string().contains("memory limit of 512 MiB"),
             "{failure}"
         );
-        let failure = failure_in(Profile::CloudRun, false, finished(Some(24), STARTED, ""));
+        let failure = failure_in(Profile::CloudRun, false, &finished(Some(24), STARTED, ""));
         assert!(failure.to_string().contains("CPU time limit"), "{failure}");
     }
 
     #[test]
     fn output_is_decoded_lossily() {
-        let returned =
-            format!("{STARTED}{{\"v\": 1, \"event\": \"returned\", \"result\": null}}\n");
-        let execution = classify(
-            finished(Some(0), &returned, ""),
-            Profile::CloudRun,
-            false,
-            &Limits::default(),
-        )
-        .unwrap();
-        assert_eq!(execution.stdout.text, "out \u{fffd}");
+        let output = decode(Captured {
+            bytes: b"out \xff".to_vec(),
+            truncated: true,
+        });
+        assert_eq!(
+            (output.text.as_str(), output.truncated),
+            ("out \u{fffd}", true)
+        );
     }
 }

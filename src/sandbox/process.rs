@@ -12,6 +12,7 @@ use rustix::process::{Pid, Signal, kill_process_group};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::unix::pipe;
 use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
 
 /// How long to keep reading pipes after the process is gone: a descendant that escaped the
 /// process group could hold them open for ever.
@@ -42,11 +43,20 @@ pub struct Captured {
     pub truncated: bool,
 }
 
-/// What happened to the process, as the service observed it.
+/// How the process ended, as the service observed it.
+#[derive(Debug, Clone, Copy)]
+pub enum Ended {
+    Exited(ExitStatus),
+    /// The deadline fired and the service killed it.
+    TimedOut,
+    /// The service stopped it (shutting down).
+    Cancelled,
+}
+
+/// What happened to the process and what it wrote.
 #[derive(Debug)]
 pub struct Finished {
-    /// `None` when the deadline fired and the service killed it.
-    pub status: Option<ExitStatus>,
+    pub ended: Ended,
     pub stdout: Captured,
     pub stderr: Captured,
     pub result: Captured,
@@ -55,12 +65,14 @@ pub struct Finished {
 }
 
 /// Spawns `cmd` (stdin from /dev/null, every output piped, in a process group of its own),
-/// reads all pipes concurrently with `caps`, and kills the group at `deadline`.
+/// reads all pipes concurrently with `caps`, and kills the group at `deadline` or when
+/// `cancel` fires.
 pub async fn run(
     mut cmd: Command,
     fds: ExtraFds,
     deadline: Duration,
     caps: Caps,
+    cancel: &CancellationToken,
 ) -> io::Result<Finished> {
     let (result_reader, result_writer) = io::pipe()?;
     let (log_reader, log_writer) = io::pipe()?;
@@ -101,7 +113,7 @@ pub async fn run(
     let mut captured: [Captured; 4] = Default::default();
     let [out, err, res, lg] = &mut captured;
 
-    let (status, read) = {
+    let (ended, read) = {
         let readers = async {
             tokio::try_join!(
                 read_capped(stdout, caps.stdout, out),
@@ -117,18 +129,16 @@ pub async fn run(
             loop {
                 tokio::select! {
                     done = &mut readers, if read.is_none() => read = Some(done),
-                    status = child.wait() => return status,
+                    status = child.wait() => return status.map(Ended::Exited),
+                    () = cancel.cancelled() => return Ok(Ended::Cancelled),
                 }
             }
         })
         .await;
-        let status = match waited {
-            Ok(status) => Some(status?),
-            Err(_deadline) => None,
-        };
+        let ended = waited.unwrap_or(Ok(Ended::TimedOut))?;
         // Whatever the child left behind in its group dies now; then reap the child itself.
         drop(group);
-        if status.is_none() {
+        if !matches!(ended, Ended::Exited(_)) {
             child.start_kill()?;
             child.wait().await?;
         }
@@ -139,12 +149,12 @@ pub async fn run(
                 .await
                 .unwrap_or(Ok(((), (), (), ()))),
         };
-        (status, read)
+        (ended, read)
     };
     read?;
     let [stdout, stderr, result, log] = captured;
     Ok(Finished {
-        status,
+        ended,
         stdout,
         stderr,
         result,
@@ -200,12 +210,27 @@ mod tests {
         cmd
     }
 
+    async fn run_sh(script: &str, deadline: Duration) -> Finished {
+        run(sh(script), FDS, deadline, CAPS, &CancellationToken::new())
+            .await
+            .unwrap()
+    }
+
+    fn code(finished: &Finished) -> Option<i32> {
+        match finished.ended {
+            Ended::Exited(status) => status.code(),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[tokio::test]
     async fn every_pipe_is_read_and_capped() {
-        let cmd =
-            sh("printf 0123456789; printf err >&2; printf result >&3; printf log >&4; exit 7");
-        let finished = run(cmd, FDS, Duration::from_secs(10), CAPS).await.unwrap();
-        assert_eq!(finished.status.unwrap().code(), Some(7));
+        let finished = run_sh(
+            "printf 0123456789; printf err >&2; printf result >&3; printf log >&4; exit 7",
+            Duration::from_secs(10),
+        )
+        .await;
+        assert_eq!(code(&finished), Some(7));
         assert_eq!(finished.stdout.bytes, b"01234567");
         assert!(finished.stdout.truncated);
         assert_eq!(
@@ -220,11 +245,16 @@ mod tests {
     async fn the_deadline_kills_the_process_and_its_children() {
         let dir = tempfile::tempdir().unwrap();
         let marker = dir.path().join("survived");
-        let script = format!("(sleep 1; touch {}) & sleep 30", marker.display());
-        let finished = run(sh(&script), FDS, Duration::from_millis(200), CAPS)
-            .await
-            .unwrap();
-        assert!(finished.status.is_none());
+        let finished = run_sh(
+            &format!("(sleep 1; touch {}) & sleep 30", marker.display()),
+            Duration::from_millis(200),
+        )
+        .await;
+        assert!(
+            matches!(finished.ended, Ended::TimedOut),
+            "{:?}",
+            finished.ended
+        );
         assert!(
             finished.elapsed < Duration::from_secs(5),
             "{:?}",
@@ -235,16 +265,42 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_background_child_holding_stdout_does_not_delay_the_answer() {
+    async fn cancelling_kills_the_process_at_once() {
+        let cancel = CancellationToken::new();
+        let stopper = {
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                cancel.cancel();
+            })
+        };
         let finished = run(
-            sh("sleep 30 & echo done"),
+            sh("echo started; sleep 30"),
             FDS,
             Duration::from_secs(20),
             CAPS,
+            &cancel,
         )
         .await
         .unwrap();
-        assert_eq!(finished.status.unwrap().code(), Some(0));
+        stopper.await.unwrap();
+        assert!(
+            matches!(finished.ended, Ended::Cancelled),
+            "{:?}",
+            finished.ended
+        );
+        assert_eq!(finished.stdout.bytes, b"started\n");
+        assert!(
+            finished.elapsed < Duration::from_secs(5),
+            "{:?}",
+            finished.elapsed
+        );
+    }
+
+    #[tokio::test]
+    async fn a_background_child_holding_stdout_does_not_delay_the_answer() {
+        let finished = run_sh("sleep 30 & echo done", Duration::from_secs(20)).await;
+        assert_eq!(code(&finished), Some(0));
         assert_eq!(finished.stdout.bytes, b"done\n");
         assert!(
             finished.elapsed < Duration::from_secs(5),
@@ -255,11 +311,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_program_is_an_error() {
+        let cancel = CancellationToken::new();
         let error = run(
             Command::new("/nonexistent/nsjail"),
             FDS,
             Duration::from_secs(1),
             CAPS,
+            &cancel,
         )
         .await
         .unwrap_err();

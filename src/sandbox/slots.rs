@@ -1,5 +1,6 @@
 //! Execution slots: at most N executions at once, each running as a host uid no other running
-//! execution has. When an execution ends its slot is swept before anyone may reuse it: every
+//! execution has, and a bounded queue in front of them: a request beyond the queue, or one that
+//! waited too long, is refused at once rather than left to pile up. When an execution ends its slot is swept before anyone may reuse it: every
 //! process of its uid is killed and every file its uid left in the shared temp directories is
 //! deleted. This holds on every path, a cancelled request included, because the sweep runs
 //! from the slot's `Drop`.
@@ -7,9 +8,11 @@
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use super::cgroup::Cgroup;
 
@@ -23,6 +26,20 @@ const KILL_ROUNDS: usize = 50;
 pub struct Slots {
     permits: Arc<Semaphore>,
     free: Mutex<Vec<u32>>,
+    waiting: AtomicUsize,
+    max_queue: usize,
+    queue_timeout: Duration,
+}
+
+/// Why no slot was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Every slot is busy and the queue is full.
+    QueueFull,
+    /// Waited the whole queue timeout.
+    QueueTimeout,
+    /// The service is shutting down.
+    Closed,
 }
 
 /// One execution's slot: its uid (also its gid). Dropping it sweeps and frees it.
@@ -38,32 +55,96 @@ pub struct Slot {
 }
 
 impl Slots {
-    /// `count` slots with uids `uid_base..uid_base + count`.
-    pub fn new(uid_base: u32, count: usize) -> Arc<Self> {
+    /// `count` slots with uids `uid_base..uid_base + count`, and room for `max_queue` waiting
+    /// requests, each for at most `queue_timeout`.
+    pub fn new(
+        uid_base: u32,
+        count: usize,
+        max_queue: usize,
+        queue_timeout: Duration,
+    ) -> Arc<Self> {
         let uids = (0..count)
             .filter_map(|slot| u32::try_from(slot).ok())
             .map(|slot| uid_base + slot);
         Arc::new(Self {
             permits: Arc::new(Semaphore::new(count)),
             free: Mutex::new(uids.rev().collect()),
+            waiting: AtomicUsize::new(0),
+            max_queue,
+            queue_timeout,
         })
     }
 
-    /// Waits for a free slot.
-    pub async fn acquire(self: &Arc<Self>) -> Option<Slot> {
-        let permit = Arc::clone(&self.permits).acquire_owned().await.ok()?;
+    /// A free slot now, or after waiting in the queue if there is room in it.
+    pub async fn acquire(self: &Arc<Self>) -> Result<Slot, Refused> {
+        let permit = match Arc::clone(&self.permits).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(TryAcquireError::Closed) => return Err(Refused::Closed),
+            Err(TryAcquireError::NoPermits) => self.wait().await?,
+        };
         let uid = self
             .free
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .pop()?;
-        Some(Slot {
+            .pop()
+            .ok_or(Refused::Closed)?;
+        Ok(Slot {
             uid,
             sweep_files: false,
             pool: Arc::clone(self),
             permit: Some(permit),
             cgroup: None,
         })
+    }
+
+    async fn wait(&self) -> Result<OwnedSemaphorePermit, Refused> {
+        // Counted before the check, so two racing requests cannot both take the last place.
+        let queued = Queued::join(&self.waiting);
+        if queued.position > self.max_queue {
+            return Err(Refused::QueueFull);
+        }
+        match tokio::time::timeout(
+            self.queue_timeout,
+            Arc::clone(&self.permits).acquire_owned(),
+        )
+        .await
+        {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_closed)) => Err(Refused::Closed),
+            Err(_elapsed) => Err(Refused::QueueTimeout),
+        }
+    }
+
+    /// Refuses every request from now on, those already waiting included.
+    pub fn close(&self) {
+        self.permits.close();
+    }
+
+    /// Requests waiting for a slot now.
+    #[cfg(test)]
+    pub fn queued(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+}
+
+/// One place in the queue, given back on drop (a cancelled request included).
+struct Queued<'a> {
+    counter: &'a AtomicUsize,
+    position: usize,
+}
+
+impl<'a> Queued<'a> {
+    fn join(counter: &'a AtomicUsize) -> Self {
+        Self {
+            counter,
+            position: counter.fetch_add(1, Ordering::SeqCst) + 1,
+        }
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -201,13 +282,31 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    async fn beyond_the_queue_requests_are_refused_at_once_and_waiters_time_out() {
+        let slots = Slots::new(990_910, 1, 1, Duration::from_millis(100));
+        let held = slots.acquire().await.unwrap();
+        let waiter = tokio::spawn({
+            let slots = Arc::clone(&slots);
+            async move { slots.acquire().await.map(|slot| slot.uid) }
+        });
+        while slots.queued() == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(slots.acquire().await.unwrap_err(), Refused::QueueFull);
+        assert_eq!(waiter.await.unwrap().unwrap_err(), Refused::QueueTimeout);
+        slots.close();
+        drop(held);
+        assert_eq!(slots.acquire().await.unwrap_err(), Refused::Closed);
+    }
+
+    #[tokio::test]
     async fn a_slot_is_not_reused_before_it_is_swept() {
-        let slots = Slots::new(990_900, 2);
+        let slots = Slots::new(990_900, 2, 0, Duration::from_secs(5));
         let first = slots.acquire().await.unwrap();
         let second = slots.acquire().await.unwrap();
         assert_ne!(first.uid, second.uid);
         let uid = first.uid;
-        drop(first);
+        first.release().await;
         let third = slots.acquire().await.unwrap();
         assert_eq!(third.uid, uid, "the swept uid comes back");
     }

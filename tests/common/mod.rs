@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use pyexec::config::Profile;
-use pyexec::{AppState, Config, router};
+use pyexec::{AppState, Config, server};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
@@ -23,6 +23,10 @@ pub struct TestApp {
     pub work_root: tempfile::TempDir,
     pub config: Config,
     pub profile: Profile,
+    /// Starts the graceful shutdown, as SIGTERM does.
+    pub shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The server: done once shut down.
+    pub server: tokio::task::JoinHandle<()>,
 }
 
 /// The configuration tests run with: the repository's profiles, a private work root, and
@@ -62,13 +66,18 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Config)) -> TestApp {
     let profile = state.sandbox.profile();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router(state)).await });
+    let (shutdown, signal) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(server::serve(listener, state, async move {
+        let _ = signal.await;
+    }));
     TestApp {
         addr,
         client: reqwest::Client::new(),
         work_root,
         config,
         profile,
+        shutdown: Some(shutdown),
+        server,
     }
 }
 
