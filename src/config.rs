@@ -85,7 +85,7 @@ pub struct SandboxConfig {
 }
 
 /// Per-execution limits (also shown by `GET /`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Largest script, in bytes of UTF-8. Default 102,400 (100 KiB).

@@ -9,10 +9,25 @@ use axum::response::{IntoResponse, Response};
 use super::error::{ApiError, FailedExecution, Usage, duration_ms};
 use super::extract::AppJson;
 use crate::app::AppState;
-use crate::protocol::ExecuteResponse;
+use crate::protocol::{ErrorBody, ExecuteRequest, ExecuteResponse};
 use crate::sandbox::{Execution, Outcome};
 use crate::validate::validate;
 
+/// Runs a script's `main()` in a fresh sandbox.
+#[utoipa::path(
+    post,
+    path = "/execute",
+    request_body(content = ExecuteRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "`main()` returned; its value and what the script printed", body = ExecuteResponse),
+        (status = 400, description = "Invalid JSON or request, or the script failed (see `code`)", body = ErrorBody),
+        (status = 408, description = "The body was not sent in time", body = ErrorBody),
+        (status = 413, description = "The script or the body is too large", body = ErrorBody),
+        (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
+        (status = 503, description = "Busy, shutting down, or the sandbox is unavailable", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
+    )
+)]
 pub(super) async fn execute(
     State(state): State<AppState>,
     AppJson(body): AppJson<Value>,

@@ -6,8 +6,18 @@ use axum::extract::State;
 
 use super::ApiError;
 use crate::app::AppState;
-use crate::protocol::HealthResponse;
+use crate::protocol::{ErrorBody, HealthResponse};
 
+/// Whether scripts can run, and how strongly they are isolated.
+#[utoipa::path(
+    get,
+    path = "/health",
+    responses(
+        (status = 200, description = "Scripts can run", body = HealthResponse),
+        (status = 503, description = "The sandbox is unavailable; the reason is in `error`", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
+    )
+)]
 pub(super) async fn health(
     State(state): State<AppState>,
 ) -> Result<Json<HealthResponse>, ApiError> {

@@ -6,6 +6,8 @@ use axum::extract::State;
 use crate::app::AppState;
 use crate::protocol::{Endpoint, InfoResponse};
 
+/// What the service offers: endpoints, limits, isolation.
+#[utoipa::path(get, path = "/", responses((status = 200, description = "The service's description", body = InfoResponse)))]
 pub(super) async fn info(State(state): State<AppState>) -> Json<InfoResponse> {
     Json(InfoResponse {
         name: env!("CARGO_PKG_NAME"),

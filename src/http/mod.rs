@@ -7,6 +7,7 @@ mod extract;
 mod health;
 mod info;
 mod log;
+mod openapi;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -30,6 +31,7 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(info::info))
         .route("/health", get(health::health))
         .route("/execute", post(execute::execute))
+        .route("/openapi.json", get(openapi::openapi))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(server.max_body_bytes))

@@ -4,6 +4,7 @@
 //! read an exit status and tell callers how strongly their scripts are isolated.
 
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::config::Profile;
 
@@ -11,7 +12,7 @@ use crate::config::Profile;
 pub const SECCOMP_POLICY: &str = "seccomp.kafel";
 
 /// What bounds an execution's memory and process count.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LimitsBackend {
     /// A cgroup v1 memory and pids group per execution.
@@ -23,11 +24,14 @@ pub enum LimitsBackend {
 }
 
 /// How strongly scripts are isolated, for `GET /health` and `GET /`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Isolation {
+    #[schema(value_type = String)]
     pub profile: &'static str,
     pub limits: LimitsBackend,
+    #[schema(value_type = Vec<String>)]
     pub guarantees: Vec<&'static str>,
+    #[schema(value_type = Vec<String>)]
     pub not_isolated: Vec<&'static str>,
 }
 
