@@ -62,5 +62,5 @@ async fn the_service_conforms_to_its_openapi_document_under_fuzzing() {
         .find(|line| line.contains(" generated, "))
         .unwrap_or_default();
     assert!(generated.contains("passed"), "{report}");
-    println!("schemathesis: {}", generated.trim());
+    eprintln!("schemathesis: {}", generated.trim());
 }

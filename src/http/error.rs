@@ -228,12 +228,30 @@ impl From<JsonRejection> for ApiError {
             {
                 Self::BodyTooLarge
             }
+            JsonRejection::BytesRejection(error) if caused_by_body_timeout(&error) => {
+                Self::Status {
+                    status: StatusCode::REQUEST_TIMEOUT,
+                    message: "the request body did not arrive in time".to_owned(),
+                }
+            }
             other => Self::Status {
                 status: other.status(),
                 message: other.body_text(),
             },
         }
     }
+}
+
+/// Whether reading the body failed because the client was too slow (`RequestBodyTimeoutLayer`).
+fn caused_by_body_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if error.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }
 
 impl IntoResponse for ApiError {

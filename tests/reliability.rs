@@ -1,0 +1,346 @@
+//! Load, faults and hostile clients against the real service, nsjail and sandbox Python, on
+//! loopback only: admission control, cancellation, slow clients, a sandbox that breaks or is
+//! killed while running, a full disk, graceful shutdown.
+#![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{error_code, spawn_app_with};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const SLEEP: &str = "import time\ndef main():\n    time.sleep({SECONDS})\n    return 'slept'\n";
+
+fn sleep_for(seconds: f64) -> String {
+    SLEEP.replace("{SECONDS}", &seconds.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_far_above_the_limit_gets_only_200s_and_503s_at_once() {
+    let app = spawn_app_with(|config| {
+        config.sandbox.max_concurrency = 2;
+        config.sandbox.max_queue = 4;
+    })
+    .await;
+    let script = sleep_for(0.3);
+    let started = Instant::now();
+    let requests = (0..60).map(|_| {
+        let request = app
+            .client
+            .post(app.url("/execute"))
+            .json(&json!({ "script": script }));
+        async move {
+            let response = request.send().await.expect("no connection error");
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let (status, body) = common::read(response).await;
+            (status, body, retry_after)
+        }
+    });
+    let answers = futures::future::join_all(requests).await;
+    let mut by_status = BTreeMap::new();
+    for (status, body, retry_after) in &answers {
+        *by_status.entry(*status).or_insert(0) += 1;
+        match status {
+            200 => assert_eq!(body["result"], "slept"),
+            503 => {
+                assert_eq!(error_code(body), "busy", "{body}");
+                assert_eq!(retry_after.as_deref(), Some("1"));
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(
+        by_status[&200] >= 6,
+        "2 running + 4 queued at least: {by_status:?}"
+    );
+    assert!(by_status[&503] >= 30, "{by_status:?}");
+    // The refusals came at once: the whole burst took about as long as the admitted work.
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(app.processes_left().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_request_that_waits_too_long_for_a_sandbox_gets_503() {
+    let app = spawn_app_with(|config| {
+        config.sandbox.max_concurrency = 1;
+        config.sandbox.queue_timeout_ms = 300;
+    })
+    .await;
+    let long = {
+        let request = app
+            .client
+            .post(app.url("/execute"))
+            .json(&json!({ "script": sleep_for(2.0) }));
+        tokio::spawn(async move { common::read(request.send().await.unwrap()).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, body) = app.execute("def main():\n    return 1\n").await;
+    assert_eq!((status, error_code(&body)), (503, "busy"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("queue timeout"),
+        "{body}"
+    );
+    assert_eq!(long.await.unwrap().0, 200);
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_cancels_its_execution() {
+    let app = spawn_app_with(|config| config.sandbox.max_concurrency = 1).await;
+    let body = json!({ "script": sleep_for(30.0) }).to_string();
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    let request = format!(
+        "POST /execute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    // Wait until the jail runs, then hang up.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app.processes_left().await.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !app.processes_left().await.is_empty(),
+        "the execution started"
+    );
+    drop(stream);
+    let left = app.processes_left().await;
+    assert!(
+        left.is_empty(),
+        "the sandbox was killed when the client left: {left:?}"
+    );
+    // And its only slot is free again.
+    let started = Instant::now();
+    let (status, _) = app.execute("def main():\n    return 1\n").await;
+    assert_eq!(status, 200);
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    let app = spawn_app_with(|config| config.server.header_read_timeout_ms = 300).await;
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    stream
+        .write_all(b"POST /execute HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buffer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buffer)).await;
+    assert!(read.is_ok(), "the server closed the connection");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_body_gets_408() {
+    let app = spawn_app_with(|config| config.server.body_read_timeout_ms = 300).await;
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    let head = "POST /execute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"scr";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut buffer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        let mut chunk = [0; 4096];
+        while !String::from_utf8_lossy(&buffer).contains("\"code\"") {
+            let n = stream.read(&mut chunk).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            buffer.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .unwrap();
+    let answer = String::from_utf8_lossy(&buffer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"code\":\"request_timeout\""), "{answer}");
+}
+
+#[tokio::test]
+async fn nsjail_disappearing_while_running_is_503_not_500() {
+    let dir = tempfile::tempdir().unwrap();
+    let nsjail = dir.path().join("nsjail");
+    std::os::unix::fs::symlink("/opt/pyexec/bin/nsjail", &nsjail).unwrap();
+    let app = spawn_app_with(|config| config.sandbox.nsjail.clone_from(&nsjail)).await;
+    assert_eq!(app.execute("def main():\n    return 1\n").await.0, 200);
+    std::fs::remove_file(&nsjail).unwrap();
+    let (status, body) = app.execute("def main():\n    return 1\n").await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (503, "sandbox_unavailable"),
+        "{body}"
+    );
+    assert!(body["error"].as_str().unwrap().contains("nsjail"), "{body}");
+    let (status, body) = app.get("/health").await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (503, "sandbox_unavailable"),
+        "{body}"
+    );
+    assert!(app.leftovers().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_killed_from_outside_fails_only_its_own_request() {
+    let app = spawn_app_with(|config| config.sandbox.max_concurrency = 2).await;
+    let victim = {
+        let request = app
+            .client
+            .post(app.url("/execute"))
+            .json(&json!({ "script": sleep_for(20.0) }));
+        tokio::spawn(async move { common::read(request.send().await.unwrap()).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let pids = loop {
+        let pids: Vec<i32> = common::slot_uids(&app.config)
+            .flat_map(common::processes_of)
+            .map(|process| process.split(':').next().unwrap().parse().unwrap())
+            .collect();
+        if !pids.is_empty() || Instant::now() > deadline {
+            break pids;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(!pids.is_empty(), "the execution started");
+    // Past the interpreter's start-up: the script itself is running when it is killed.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let bystander = {
+        let request = app
+            .client
+            .post(app.url("/execute"))
+            .json(&json!({ "script": sleep_for(0.5) }));
+        tokio::spawn(async move { common::read(request.send().await.unwrap()).await })
+    };
+    for pid in pids {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+    let (status, body) = victim.await.unwrap();
+    assert_eq!(
+        (status, error_code(&body)),
+        (400, "script_crashed"),
+        "{body}"
+    );
+    assert!(
+        body["error"].as_str().unwrap().contains("SIGKILL"),
+        "{body}"
+    );
+    let (status, body) = bystander.await.unwrap();
+    assert_eq!((status, &body["result"]), (200, &json!("slept")), "{body}");
+}
+
+#[tokio::test]
+async fn a_full_disk_is_503() {
+    let mount = TmpfsMount::new(256 * 1024);
+    let app = spawn_app_with(|config| config.sandbox.work_root = mount.path().to_owned()).await;
+    assert_eq!(app.execute("def main():\n    return 1\n").await.0, 200);
+    // The disk fills up while the service runs.
+    let _ = std::fs::write(mount.path().join("filler"), vec![0u8; 512 * 1024]);
+    let (status, body) = app.execute("def main():\n    return 1\n").await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (503, "sandbox_unavailable"),
+        "{body}"
+    );
+    assert!(
+        body["error"].as_str().unwrap().contains("no space left"),
+        "{body}"
+    );
+    drop(app);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_in_flight_requests_finish_then_stops_the_rest() {
+    let mut app = spawn_app_with(|config| {
+        config.sandbox.max_concurrency = 2;
+        config.server.shutdown_grace_ms = 1500;
+    })
+    .await;
+    let send = |script: String| {
+        let request = app
+            .client
+            .post(app.url("/execute"))
+            .json(&json!({ "script": script }));
+        tokio::spawn(async move { common::read(request.send().await.unwrap()).await })
+    };
+    let quick = send(sleep_for(0.8));
+    let slow = send(sleep_for(30.0));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    app.shutdown.take().unwrap().send(()).unwrap();
+    let (status, body) = quick.await.unwrap();
+    assert_eq!(
+        (status, &body["result"]),
+        (200, &json!("slept")),
+        "finished within the grace: {body}"
+    );
+    let (status, body) = slow.await.unwrap();
+    assert_eq!(
+        (status, error_code(&body)),
+        (503, "shutting_down"),
+        "{body}"
+    );
+    tokio::time::timeout(Duration::from_secs(5), &mut app.server)
+        .await
+        .unwrap()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1400) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    assert!(
+        TcpStream::connect(app.addr).await.is_err(),
+        "no longer accepting"
+    );
+    assert!(app.processes_left().await.is_empty());
+    assert!(app.leftovers().is_empty());
+}
+
+/// A small tmpfs, unmounted on drop (also when the test fails).
+struct TmpfsMount(tempfile::TempDir);
+
+impl TmpfsMount {
+    fn new(bytes: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={bytes}"),
+                "pyexec-test",
+                dir.path().to_str().unwrap(),
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success(), "mounting a tmpfs needs root");
+        Self(dir)
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.0.path()
+    }
+}
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.0.path())
+            .status();
+    }
+}
