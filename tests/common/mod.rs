@@ -126,17 +126,22 @@ impl TestApp {
             .collect()
     }
 
-    /// Processes still running as one of this app's slot uids, after waiting up to 2 s for
-    /// killed ones to be reaped.
+    /// Processes still running as one of this app's slot uids (see [`processes_left`]).
     pub async fn processes_left(&self) -> Vec<String> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        loop {
-            let found: Vec<String> = slot_uids(&self.config).flat_map(processes_of).collect();
-            if found.is_empty() || std::time::Instant::now() > deadline {
-                return found;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        processes_left(slot_uids(&self.config)).await
+    }
+}
+
+/// Processes running as one of `uids`, after waiting up to 2 s for killed ones to be reaped
+/// (a killed jail's zombie waits for the host's init when its nsjail died first).
+pub async fn processes_left(uids: std::ops::Range<u32>) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let found: Vec<String> = uids.clone().flat_map(processes_of).collect();
+        if found.is_empty() || std::time::Instant::now() > deadline {
+            return found;
         }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
 
