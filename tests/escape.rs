@@ -10,6 +10,10 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{SocketAddr as UnixSocketAddr, UnixListener};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{TestApp, error_code, spawn_app_with};
@@ -193,7 +197,7 @@ def main():
 import os, tempfile
 def main():
     wrote = []
-    for d in [tempfile.gettempdir(), "/tmp", "/var/tmp", "/dev/shm"]:
+    for d in [tempfile.gettempdir(), "/tmp", "/var/tmp", "/dev/shm", "/run/lock"]:
         path = os.path.join(d, "pyexec-leftover-{NONCE}")
         try:
             with open(path, "w") as f:
@@ -229,16 +233,20 @@ import os, time
 def main():
     time.sleep(0.5)
     wanted, seen = ("SEC" + "RET-" + "{NONCE}").encode(), 0
-    for root in ["/tmp", "/var/tmp", "/dev/shm"]:
+    for root in ["/tmp", "/var/tmp", "/dev/shm", "/run/lock"]:
         for dirpath, dirnames, filenames in os.walk(root):
             for name in filenames:
                 seen += 1
-                if seen > 5000:
-                    return "not found"
+                if seen > 20000:
+                    return "gave up"
+                path = os.path.join(dirpath, name)
                 try:
-                    with open(os.path.join(dirpath, name), "rb") as f:
-                        if wanted in f.read(1 << 20):
-                            return "found in " + os.path.join(dirpath, name)
+                    # The secret is small; the host's big files would only eat the time limit.
+                    if os.lstat(path).st_size > 4096:
+                        continue
+                    with open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NONBLOCK)) as f:
+                        if wanted in f.read(4096):
+                            return "found in " + path
                 except OSError:
                     pass
     return "not found"
@@ -268,6 +276,27 @@ def main():
 "#,
             Returns("denied, denied, denied"),
             Returns("denied, denied, denied"),
+        ),
+        case(
+            "connect_to_a_host_unix_socket",
+            r#"
+import socket
+def main():
+    results = []
+    for address in ["\0{UNIX_SOCKET}", "/tmp/{UNIX_SOCKET}"]:
+        try:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(1)
+            s.connect(address)
+            results.append("connected")
+        except PermissionError:
+            results.append("denied")
+        except OSError as e:
+            results.append(type(e).__name__)
+    return ", ".join(results)
+"#,
+            Returns("denied, denied"),
+            Returns("denied, denied"),
         ),
         case(
             "raw_and_netlink_sockets",
@@ -353,6 +382,26 @@ def main():
 "#,
             Returns("all 19 EPERM, clone3 ENOSYS"),
             Returns("all 19 EPERM, clone3 ENOSYS"),
+        ),
+        case(
+            "sysv_ipc_and_message_queues",
+            r#"
+import ctypes, errno
+libc = ctypes.CDLL(None, use_errno=True)
+IPC_CREAT, O_CREAT, O_RDWR, KEY = 0o1000, 0o100, 0o2, {NONCE}
+def main():
+    calls = [("shmget", lambda: libc.shmget(KEY, 4096, IPC_CREAT | 0o666)),
+             ("msgget", lambda: libc.msgget(KEY, IPC_CREAT | 0o666)),
+             ("semget", lambda: libc.semget(KEY, 1, IPC_CREAT | 0o666)),
+             ("mq_open", lambda: libc.mq_open(b"/pyexec-{NONCE}", O_CREAT | O_RDWR, 0o666, None))]
+    outcomes = []
+    for name, call in calls:
+        made = call() >= 0
+        outcomes.append(f"{name}=" + ("created" if made else errno.errorcode[ctypes.get_errno()]))
+    return " ".join(outcomes)
+"#,
+            Returns("shmget=EPERM msgget=EPERM semget=EPERM mq_open=EPERM"),
+            Returns("shmget=EPERM msgget=EPERM semget=EPERM mq_open=EPERM"),
         ),
         case(
             "kill_the_parent",
@@ -528,6 +577,7 @@ fn fill(script: &str, app: &TestApp, before: &str) -> String {
         .replace("{SERVICE_PORT}", &app.addr.port().to_string())
         .replace("{NONCE}", &app.config.sandbox.uid_base.to_string())
         .replace("{UID_BASE}", &app.config.sandbox.uid_base.to_string())
+        .replace("{UNIX_SOCKET}", &unix_socket_name(app))
         .replace("{BEFORE}", before)
 }
 
@@ -546,8 +596,44 @@ fn mismatch(expect: Expect, status: u16, body: &Value) -> Option<String> {
     (!ok).then(|| format!("expected {expect}, got {status} {shown}"))
 }
 
+/// The name of the Unix sockets the suite listens on, abstract and in the host's `/tmp`.
+fn unix_socket_name(app: &TestApp) -> String {
+    format!("pyexec-escape-{}.sock", app.config.sandbox.uid_base)
+}
+
+/// Host Unix sockets a script must not reach: one abstract (no permission check at all) and
+/// one on disk that anybody may connect to. Both accept (into the backlog) while they live.
+struct HostUnixSockets {
+    _abstract: UnixListener,
+    _on_disk: UnixListener,
+    path: PathBuf,
+}
+
+impl HostUnixSockets {
+    fn listen(app: &TestApp) -> Self {
+        let name = unix_socket_name(app);
+        let address = UnixSocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let path = Path::new("/tmp").join(&name);
+        let _ = std::fs::remove_file(&path);
+        let on_disk = UnixListener::bind(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).unwrap();
+        Self {
+            _abstract: UnixListener::bind_addr(&address).unwrap(),
+            _on_disk: on_disk,
+            path,
+        }
+    }
+}
+
+impl Drop for HostUnixSockets {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 async fn run_suite(app: TestApp) {
     let mounts_before = host_mounts();
+    let _sockets = HostUnixSockets::listen(&app);
     let mut failures = Vec::new();
     for case in cases() {
         let expect = if app.profile == Profile::Strict {

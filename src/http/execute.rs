@@ -1,10 +1,9 @@
 //! `POST /execute`: extract, validate, run, answer.
 
 use axum::Json;
-use axum::extract::State;
-use serde_json::Value;
-
+use axum::extract::{FromRequest, Request, State};
 use axum::response::{IntoResponse, Response};
+use serde_json::Value;
 
 use super::error::{ApiError, FailedExecution, Usage, duration_ms};
 use super::extract::AppJson;
@@ -30,8 +29,12 @@ use crate::validate::validate;
 )]
 pub(super) async fn execute(
     State(state): State<AppState>,
-    AppJson(body): AppJson<Value>,
+    request: Request,
 ) -> Result<Response, ApiError> {
+    // Admitted before the body is read: when every sandbox and queue place is taken the
+    // answer is 503 at once, and no more bodies are held than there are places.
+    let ticket = state.sandbox.admit()?;
+    let AppJson(body) = AppJson::<Value>::from_request(request, &state).await?;
     let script = validate(script_field(body)?, state.config.limits.script_bytes)?;
     let Execution {
         outcome,
@@ -39,7 +42,7 @@ pub(super) async fn execute(
         stderr,
         duration,
         memory_peak_bytes,
-    } = state.sandbox.execute(&script).await?;
+    } = state.sandbox.execute(ticket, &script).await?;
     let usage = Usage {
         duration,
         memory_peak_bytes,

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 pub use outcome::{Execution, Outcome, Output, ScriptFailure, signal_name};
 pub use profile::{Isolation, LimitsBackend};
+pub use slots::Ticket;
 
 use crate::config::{Limits, Profile, ProfileChoice, SandboxConfig};
 use crate::harness;
@@ -72,6 +73,16 @@ pub enum SandboxError {
         context: &'static str,
         source: io::Error,
     },
+}
+
+impl From<Refused> for SandboxError {
+    fn from(refused: Refused) -> Self {
+        match refused {
+            Refused::QueueFull => Self::Busy("every sandbox is busy and the queue is full"),
+            Refused::QueueTimeout => Self::Busy("no sandbox became free within the queue timeout"),
+            Refused::Closed => Self::ShuttingDown,
+        }
+    }
 }
 
 /// The service must not start.
@@ -135,7 +146,7 @@ impl Sandbox {
             cancel: CancellationToken::new(),
         };
         let Err(strict_failure) = sandbox.check().await else {
-            return sandbox.admit();
+            return sandbox.finish_start();
         };
         if sandbox.config.profile == ProfileChoice::Auto {
             sandbox.profile = Profile::CloudRun;
@@ -153,16 +164,16 @@ impl Sandbox {
                         reason: strict_failure,
                     });
                 }
-                return sandbox.admit();
+                return sandbox.finish_start();
             }
             // Neither works, so the fault is not the kernel's: stay on the stronger profile.
             sandbox.profile = Profile::Strict;
             sandbox.record(Err(strict_failure));
         }
-        sandbox.admit()
+        sandbox.finish_start()
     }
 
-    fn admit(self) -> Result<Self, StartError> {
+    fn finish_start(self) -> Result<Self, StartError> {
         if self.profile < self.config.require {
             return Err(StartError::ProfileTooWeak {
                 required: self.config.require,
@@ -213,22 +224,21 @@ impl Sandbox {
         self.profile.isolation(self.limits_backend())
     }
 
-    /// Runs `script` in a fresh jail and waits for it, at most the time limit.
+    /// A place for one execution, if the running and waiting ones leave room; never waits.
+    /// Taken before a request's body is read, so a request that could not run costs nothing.
+    pub fn admit(&self) -> Result<Ticket, SandboxError> {
+        self.slots.admit().map_err(SandboxError::from)
+    }
+
+    /// Runs `script` in a fresh jail once a slot is free, and waits for it, at most the time
+    /// limit.
     #[tracing::instrument(skip_all, fields(script_bytes = script.as_str().len()))]
-    pub async fn execute(&self, script: &Script) -> Result<Execution, SandboxError> {
-        let mut slot = self
-            .slots
-            .acquire()
-            .await
-            .map_err(|refused| match refused {
-                Refused::QueueFull => {
-                    SandboxError::Busy("every sandbox is busy and the queue is full")
-                }
-                Refused::QueueTimeout => {
-                    SandboxError::Busy("no sandbox became free within the queue timeout")
-                }
-                Refused::Closed => SandboxError::ShuttingDown,
-            })?;
+    pub async fn execute(
+        &self,
+        ticket: Ticket,
+        script: &Script,
+    ) -> Result<Execution, SandboxError> {
+        let mut slot = ticket.acquire().await?;
         slot.sweep_files = !self.profile.namespaced();
         // Declared after the slot, so on every path it is deleted before the slot is freed.
         let workdir = self.prepare(&slot, script.as_str())?;
@@ -290,7 +300,11 @@ impl Sandbox {
     pub async fn check(&self) -> Result<(), String> {
         let canary =
             validate(CANARY.to_owned(), CANARY.len()).map_err(|error| error.to_string())?;
-        let status = match self.execute(&canary).await {
+        let execution = match self.admit() {
+            Ok(ticket) => self.execute(ticket, &canary).await,
+            Err(error) => Err(error),
+        };
+        let status = match execution {
             Ok(Execution {
                 outcome: Outcome::Returned(value),
                 ..

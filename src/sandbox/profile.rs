@@ -65,8 +65,8 @@ impl Profile {
         };
         let common = [
             "runs as an unprivileged uid of its own, never root, no capabilities, no_new_privs",
-            "seccomp: no mount, unshare, setns, ptrace, bpf, keyctl, kexec, module loading, io_uring",
-            "no network: no socket but AF_UNIX",
+            "seccomp: no mount, unshare, setns, ptrace, bpf, keyctl, kexec, module loading, io_uring, System V IPC",
+            "no network: no sockets at all (socketpair only)",
             "nothing outlives the execution",
             "wall-time limit, output and result caps",
             memory,

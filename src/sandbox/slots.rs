@@ -1,6 +1,8 @@
 //! Execution slots: at most N executions at once, each running as a host uid no other running
-//! execution has, and a bounded queue in front of them: a request beyond the queue, or one that
-//! waited too long, is refused at once rather than left to pile up. When an execution ends its slot is swept before anyone may reuse it: every
+//! execution has, and a bounded queue in front of them. A request is admitted (given a
+//! [`Ticket`]) before its body is read, so a request beyond the queue is refused at once and
+//! the requests in memory never exceed N plus the queue; a ticket that waited too long for a
+//! slot is refused too. When an execution ends its slot is swept before anyone may reuse it: every
 //! process of its uid is killed and every file its uid left in the shared temp directories is
 //! deleted. This holds on every path, a cancelled request included, because the sweep runs
 //! from the slot's `Drop`.
@@ -16,8 +18,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use super::cgroup::Cgroup;
 
-/// World-writable directories a script without a mount namespace can leave files in.
-const SHARED_TMP: [&str; 3] = ["/tmp", "/var/tmp", "/dev/shm"];
+/// World-writable directories a script without a mount namespace can leave files in: those of
+/// a Debian image (`/var/lock` is a link to `/run/lock`).
+const SHARED_TMP: [&str; 4] = ["/tmp", "/var/tmp", "/dev/shm", "/run/lock"];
 /// Rounds of `kill -KILL -1` before giving up on a process that keeps forking.
 const KILL_ROUNDS: usize = 50;
 
@@ -26,9 +29,18 @@ const KILL_ROUNDS: usize = 50;
 pub struct Slots {
     permits: Arc<Semaphore>,
     free: Mutex<Vec<u32>>,
-    waiting: AtomicUsize,
-    max_queue: usize,
+    /// Tickets alive: requests running, waiting for a slot, or still sending their body.
+    admitted: AtomicUsize,
+    /// The most tickets at once: the slots plus the queue.
+    capacity: usize,
     queue_timeout: Duration,
+}
+
+/// An admitted request's place, given back on drop (a cancelled request included). Running
+/// executions keep theirs until their slot is swept.
+#[derive(Debug)]
+pub struct Ticket {
+    pool: Arc<Slots>,
 }
 
 /// Why no slot was given.
@@ -50,7 +62,7 @@ pub struct Slot {
     /// needed where scripts can write there (no mount namespace).
     pub sweep_files: bool,
     pool: Arc<Slots>,
-    permit: Option<OwnedSemaphorePermit>,
+    permit: Option<(OwnedSemaphorePermit, Ticket)>,
     cgroup: Option<Cgroup>,
 }
 
@@ -69,20 +81,55 @@ impl Slots {
         Arc::new(Self {
             permits: Arc::new(Semaphore::new(count)),
             free: Mutex::new(uids.rev().collect()),
-            waiting: AtomicUsize::new(0),
-            max_queue,
+            admitted: AtomicUsize::new(0),
+            capacity: count + max_queue,
             queue_timeout,
         })
     }
 
-    /// A free slot now, or after waiting in the queue if there is room in it.
-    pub async fn acquire(self: &Arc<Self>) -> Result<Slot, Refused> {
-        let permit = match Arc::clone(&self.permits).try_acquire_owned() {
+    /// A ticket if fewer than the slots plus the queue are admitted; never waits.
+    pub fn admit(self: &Arc<Self>) -> Result<Ticket, Refused> {
+        if self.permits.is_closed() {
+            return Err(Refused::Closed);
+        }
+        // Counted before the check, so two racing requests cannot both take the last place.
+        let position = self.admitted.fetch_add(1, Ordering::SeqCst) + 1;
+        let ticket = Ticket {
+            pool: Arc::clone(self),
+        };
+        if position > self.capacity {
+            return Err(Refused::QueueFull);
+        }
+        Ok(ticket)
+    }
+
+    /// Refuses every request from now on, those already waiting included.
+    pub fn close(&self) {
+        self.permits.close();
+    }
+}
+
+impl Ticket {
+    /// A free slot now, or once one frees up within the queue timeout.
+    pub async fn acquire(self) -> Result<Slot, Refused> {
+        let pool = Arc::clone(&self.pool);
+        let permit = match Arc::clone(&pool.permits).try_acquire_owned() {
             Ok(permit) => permit,
             Err(TryAcquireError::Closed) => return Err(Refused::Closed),
-            Err(TryAcquireError::NoPermits) => self.wait().await?,
+            Err(TryAcquireError::NoPermits) => {
+                match tokio::time::timeout(
+                    pool.queue_timeout,
+                    Arc::clone(&pool.permits).acquire_owned(),
+                )
+                .await
+                {
+                    Ok(Ok(permit)) => permit,
+                    Ok(Err(_closed)) => return Err(Refused::Closed),
+                    Err(_elapsed) => return Err(Refused::QueueTimeout),
+                }
+            }
         };
-        let uid = self
+        let uid = pool
             .free
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -91,60 +138,16 @@ impl Slots {
         Ok(Slot {
             uid,
             sweep_files: false,
-            pool: Arc::clone(self),
-            permit: Some(permit),
+            pool,
+            permit: Some((permit, self)),
             cgroup: None,
         })
     }
-
-    async fn wait(&self) -> Result<OwnedSemaphorePermit, Refused> {
-        // Counted before the check, so two racing requests cannot both take the last place.
-        let queued = Queued::join(&self.waiting);
-        if queued.position > self.max_queue {
-            return Err(Refused::QueueFull);
-        }
-        match tokio::time::timeout(
-            self.queue_timeout,
-            Arc::clone(&self.permits).acquire_owned(),
-        )
-        .await
-        {
-            Ok(Ok(permit)) => Ok(permit),
-            Ok(Err(_closed)) => Err(Refused::Closed),
-            Err(_elapsed) => Err(Refused::QueueTimeout),
-        }
-    }
-
-    /// Refuses every request from now on, those already waiting included.
-    pub fn close(&self) {
-        self.permits.close();
-    }
-
-    /// Requests waiting for a slot now.
-    #[cfg(test)]
-    pub fn queued(&self) -> usize {
-        self.waiting.load(Ordering::Relaxed)
-    }
 }
 
-/// One place in the queue, given back on drop (a cancelled request included).
-struct Queued<'a> {
-    counter: &'a AtomicUsize,
-    position: usize,
-}
-
-impl<'a> Queued<'a> {
-    fn join(counter: &'a AtomicUsize) -> Self {
-        Self {
-            counter,
-            position: counter.fetch_add(1, Ordering::SeqCst) + 1,
-        }
-    }
-}
-
-impl Drop for Queued<'_> {
+impl Drop for Ticket {
     fn drop(&mut self) {
-        self.counter.fetch_sub(1, Ordering::SeqCst);
+        self.pool.admitted.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -170,7 +173,7 @@ impl Slot {
 
     /// The sweep, once: it owns what must outlive the slot until the sweep is done.
     fn sweeper(&mut self) -> Option<impl FnOnce() + Send + 'static> {
-        let permit = self.permit.take()?;
+        let (permit, ticket) = self.permit.take()?;
         let uid = self.uid;
         let pool = Arc::clone(&self.pool);
         let cgroup = self.cgroup.take();
@@ -188,6 +191,7 @@ impl Slot {
                 .unwrap_or_else(PoisonError::into_inner)
                 .push(uid);
             drop(permit);
+            drop(ticket);
         })
     }
 }
@@ -281,33 +285,42 @@ fn remove_files_of(uid: u32, dir: &Path) {
 mod tests {
     use super::*;
 
+    async fn slot(slots: &Arc<Slots>) -> Result<Slot, Refused> {
+        slots.admit()?.acquire().await
+    }
+
     #[tokio::test]
     async fn beyond_the_queue_requests_are_refused_at_once_and_waiters_time_out() {
         let slots = Slots::new(990_910, 1, 1, Duration::from_millis(100));
-        let held = slots.acquire().await.unwrap();
-        let waiter = tokio::spawn({
-            let slots = Arc::clone(&slots);
-            async move { slots.acquire().await.map(|slot| slot.uid) }
-        });
-        while slots.queued() == 0 {
-            tokio::task::yield_now().await;
-        }
-        assert_eq!(slots.acquire().await.unwrap_err(), Refused::QueueFull);
-        assert_eq!(waiter.await.unwrap().unwrap_err(), Refused::QueueTimeout);
+        let held = slot(&slots).await.unwrap();
+        let waiting = slots.admit().unwrap();
+        assert_eq!(slots.admit().unwrap_err(), Refused::QueueFull);
+        assert_eq!(waiting.acquire().await.unwrap_err(), Refused::QueueTimeout);
+        let admitted = slots.admit().unwrap();
+        drop(admitted);
         slots.close();
         drop(held);
-        assert_eq!(slots.acquire().await.unwrap_err(), Refused::Closed);
+        assert_eq!(slot(&slots).await.unwrap_err(), Refused::Closed);
+    }
+
+    #[tokio::test]
+    async fn a_running_execution_keeps_its_place_until_it_is_swept() {
+        let slots = Slots::new(990_920, 1, 0, Duration::from_secs(5));
+        let running = slot(&slots).await.unwrap();
+        assert_eq!(slots.admit().unwrap_err(), Refused::QueueFull);
+        running.release().await;
+        assert!(slots.admit().is_ok());
     }
 
     #[tokio::test]
     async fn a_slot_is_not_reused_before_it_is_swept() {
         let slots = Slots::new(990_900, 2, 0, Duration::from_secs(5));
-        let first = slots.acquire().await.unwrap();
-        let second = slots.acquire().await.unwrap();
+        let first = slot(&slots).await.unwrap();
+        let second = slot(&slots).await.unwrap();
         assert_ne!(first.uid, second.uid);
         let uid = first.uid;
         first.release().await;
-        let third = slots.acquire().await.unwrap();
+        let third = slot(&slots).await.unwrap();
         assert_eq!(third.uid, uid, "the swept uid comes back");
     }
 

@@ -126,6 +126,20 @@ impl TestApp {
             .collect()
     }
 
+    /// Whether a sandbox is running now (no waiting).
+    pub fn sandbox_running(&self) -> bool {
+        slot_uids(&self.config).any(|uid| !processes_of(uid).is_empty())
+    }
+
+    /// Waits (at most 5 s) for a sandbox to start running; panics if none does.
+    pub async fn wait_for_a_sandbox(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !self.sandbox_running() {
+            assert!(std::time::Instant::now() < deadline, "no sandbox started");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Processes still running as one of this app's slot uids (see [`processes_left`]).
     pub async fn processes_left(&self) -> Vec<String> {
         processes_left(slot_uids(&self.config)).await
