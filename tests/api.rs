@@ -20,7 +20,7 @@ async fn info_lists_the_endpoints() {
         .iter()
         .map(|e| e["path"].as_str().unwrap())
         .collect();
-    assert_eq!(paths, ["/execute", "/health", "/"]);
+    assert_eq!(paths, ["/execute", "/health", "/", "/openapi.json"]);
     assert_eq!(body["limits"]["script_bytes"], 102_400);
 }
 

@@ -66,3 +66,42 @@ async fn readme_curl_examples_answer_what_the_readme_says() {
         assert_eq!(without_duration(answer), without_duration(expected));
     }
 }
+
+/// Every setting of `config/default.toml` has a row in README's configuration table, with the
+/// same default and the environment variable the file names for it.
+#[test]
+fn readme_documents_every_setting_with_its_default_and_variable() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let file = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml"))
+        .unwrap();
+    let mut section = String::new();
+    let mut wrong = Vec::new();
+    for line in file.lines() {
+        if let Some(name) = line.strip_prefix('[') {
+            section = name.trim_end_matches(']').to_owned();
+            continue;
+        }
+        let Some((key, rest)) = line.split_once(" = ") else {
+            continue;
+        };
+        let (value, comment) = rest.split_once('#').unwrap_or((rest, ""));
+        let value = value.trim().trim_matches('"');
+        let variable = comment
+            .split(|c: char| !(c.is_ascii_uppercase() || c == '_'))
+            .find(|word| word.starts_with("PYEXEC_") || *word == "PORT");
+        let row_start = format!("| `{section}.{}` | `{value}`", key.trim());
+        let row = readme.lines().find(|row| row.starts_with(&row_start));
+        let documented = row.is_some_and(|row| {
+            variable.is_none_or(|variable| row.contains(&format!("`{variable}`")))
+        });
+        if !documented {
+            wrong.push(format!("{row_start} | {} |", variable.unwrap_or("")));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "README.md lacks or misstates these settings:\n{}",
+        wrong.join("\n")
+    );
+}

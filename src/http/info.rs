@@ -31,6 +31,11 @@ pub(super) async fn info(State(state): State<AppState>) -> Json<InfoResponse> {
                 path: "/",
                 description: "This description.",
             },
+            Endpoint {
+                method: "GET",
+                path: "/openapi.json",
+                description: "The API as an OpenAPI 3.1 document: every request, status and body.",
+            },
         ],
         limits: state.config.limits.clone(),
         isolation: state.sandbox.isolation(),
