@@ -653,25 +653,13 @@ async fn run_suite(app: TestApp) {
             }
             None => String::new(),
         };
-        let neighbour = case.during.as_ref().map(|n| {
-            let (script, client, url) = (
-                fill(n.script, &app, ""),
-                app.client.clone(),
-                app.url("/execute"),
-            );
-            tokio::spawn(async move {
-                let response = client
-                    .post(url)
-                    .json(&serde_json::json!({"script": script}))
-                    .send()
-                    .await
-                    .unwrap();
-                common::read(response).await
-            })
-        });
+        let neighbour = case
+            .during
+            .as_ref()
+            .map(|n| app.spawn_execute(&fill(n.script, &app, "")));
         if neighbour.is_some() {
-            // Let the neighbour take the first slot.
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // The neighbour runs first, so the attack meets it running.
+            app.wait_for_a_sandbox().await;
         }
         let (status, body) = app.execute(&fill(case.script, &app, &before)).await;
         if let Some(problem) = mismatch(expect, status, &body) {

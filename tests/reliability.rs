@@ -77,13 +77,7 @@ async fn a_request_that_waits_too_long_for_a_sandbox_gets_503() {
         config.sandbox.queue_timeout_ms = 300;
     })
     .await;
-    let long = {
-        let request = app
-            .client
-            .post(app.url("/execute"))
-            .json(&json!({ "script": sleep_for(2.0) }));
-        tokio::spawn(async move { common::read(request.send().await.unwrap()).await })
-    };
+    let long = app.spawn_execute(&sleep_for(2.0));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (status, body) = app.execute("def main():\n    return 1\n").await;
     assert_eq!((status, error_code(&body)), (503, "busy"), "{body}");
@@ -102,13 +96,7 @@ async fn a_request_that_cannot_be_admitted_is_refused_before_its_body_is_read() 
         config.server.body_read_timeout_ms = 5000;
     })
     .await;
-    let busy = {
-        let request = app
-            .client
-            .post(app.url("/execute"))
-            .json(&json!({ "script": sleep_for(2.0) }));
-        tokio::spawn(async move { common::read(request.send().await.unwrap()).await })
-    };
+    let busy = app.spawn_execute(&sleep_for(2.0));
     app.wait_for_a_sandbox().await;
     // Announces a large body and sends a few bytes of it: the answer must not wait for the rest.
     let mut stream = TcpStream::connect(app.addr).await.unwrap();
@@ -231,13 +219,7 @@ async fn nsjail_disappearing_while_running_is_503_not_500() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sandbox_killed_from_outside_fails_only_its_own_request() {
     let app = spawn_app_with(|config| config.sandbox.max_concurrency = 2).await;
-    let victim = {
-        let request = app
-            .client
-            .post(app.url("/execute"))
-            .json(&json!({ "script": sleep_for(20.0) }));
-        tokio::spawn(async move { common::read(request.send().await.unwrap()).await })
-    };
+    let victim = app.spawn_execute(&sleep_for(20.0));
     let deadline = Instant::now() + Duration::from_secs(5);
     let pids = loop {
         let pids: Vec<i32> = common::slot_uids(&app.config)
@@ -252,13 +234,7 @@ async fn a_sandbox_killed_from_outside_fails_only_its_own_request() {
     assert!(!pids.is_empty(), "the execution started");
     // Past the interpreter's start-up: the script itself is running when it is killed.
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let bystander = {
-        let request = app
-            .client
-            .post(app.url("/execute"))
-            .json(&json!({ "script": sleep_for(0.5) }));
-        tokio::spawn(async move { common::read(request.send().await.unwrap()).await })
-    };
+    let bystander = app.spawn_execute(&sleep_for(0.5));
     for pid in pids {
         let _ = std::process::Command::new("kill")
             .args(["-KILL", &pid.to_string()])
@@ -305,15 +281,8 @@ async fn shutdown_lets_in_flight_requests_finish_then_stops_the_rest() {
         config.server.shutdown_grace_ms = 1500;
     })
     .await;
-    let send = |script: String| {
-        let request = app
-            .client
-            .post(app.url("/execute"))
-            .json(&json!({ "script": script }));
-        tokio::spawn(async move { common::read(request.send().await.unwrap()).await })
-    };
-    let quick = send(sleep_for(0.8));
-    let slow = send(sleep_for(30.0));
+    let quick = app.spawn_execute(&sleep_for(0.8));
+    let slow = app.spawn_execute(&sleep_for(30.0));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
     app.shutdown.take().unwrap().send(()).unwrap();

@@ -91,6 +91,15 @@ impl TestApp {
         self.post_json(&json!({ "script": script })).await
     }
 
+    /// Sends `{"script": script}` in a task of its own: the answer comes when the task ends.
+    pub fn spawn_execute(&self, script: &str) -> tokio::task::JoinHandle<(u16, Value)> {
+        let request = self
+            .client
+            .post(self.url("/execute"))
+            .json(&json!({ "script": script }));
+        tokio::spawn(async move { read(request.send().await.unwrap()).await })
+    }
+
     pub async fn post_json(&self, body: &Value) -> (u16, Value) {
         let response = self
             .client
