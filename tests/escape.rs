@@ -460,6 +460,17 @@ def main():
             Returns("forked"),
         ),
         case(
+            "limits_leave_room_for_numpy_and_pandas",
+            r#"
+import numpy as np, pandas as pd
+def main():
+    frame = pd.DataFrame({"a": np.arange(1_000_000)})
+    return "computed " + str(int(frame["a"].sum()))
+"#,
+            Returns("computed 499999500000"),
+            Returns("computed 499999500000"),
+        ),
+        case(
             "fork_bomb",
             "import os\ndef main():\n    while True:\n        os.fork()\n",
             Fails("script_exception", "processes and threads"),
