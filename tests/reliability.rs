@@ -56,6 +56,10 @@ async fn a_burst_far_above_the_limit_gets_only_200s_and_503s_at_once() {
             other => panic!("unexpected {other}: {body}"),
         }
     }
+    eprintln!(
+        "burst: 60 requests against 2 sandboxes and a queue of 4: {by_status:?} in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     assert!(
         by_status[&200] >= 6,
         "2 running + 4 queued at least: {by_status:?}"
