@@ -17,8 +17,9 @@ build: setup
 run: build
 	PYEXEC_CONFIG=config/default.toml exec ./target/release/pyexec
 
-# Formatting, lints, then every test against the real nsjail and sandbox Python.
+# Formatting, lints, docs, then every test against the real nsjail and sandbox Python.
 test: setup
 	cargo fmt --all -- --check
 	cargo clippy --locked --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps --document-private-items
 	cargo test --locked

@@ -4,7 +4,7 @@
 //! everything in it when the execution ends.
 //!
 //! The service creates the group and the jail joins it before nsjail starts (see
-//! `command::in_cgroup`), so nsjail needs no cgroup support of its own and the same code
+//! `command::JOIN_CGROUPS`), so nsjail needs no cgroup support of its own and the same code
 //! serves both profiles. Detection is by doing, not by guessing: [`Cgroups::detect`] creates
 //! and removes a real group with the limits set.
 
