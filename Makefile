@@ -17,9 +17,11 @@ build: setup
 run: build
 	PYEXEC_CONFIG=config/default.toml exec ./target/release/pyexec
 
-# Formatting, lints, docs, then every test against the real nsjail and sandbox Python.
+# Formatting, lints, docs, the harness's own tests (with the sandbox's Python), then every
+# test against the real nsjail and sandbox Python.
 test: setup
 	cargo fmt --all -- --check
 	cargo clippy --locked --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps --document-private-items
+	PYTHONDONTWRITEBYTECODE=1 /opt/pyexec/sandbox/bin/python3 -m unittest discover -s src/harness -v
 	cargo test --locked

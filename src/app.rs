@@ -17,9 +17,20 @@ impl AppState {
     /// demands a stronger profile than the host supports.
     pub async fn start(config: Config) -> Result<Self, StartError> {
         let sandbox = Sandbox::start(config.sandbox.clone(), config.limits.clone()).await?;
-        Ok(Self {
+        Ok(Self::with(config, sandbox))
+    }
+
+    /// State whose sandbox was never started: it runs nothing and touches nothing on the
+    /// host, which is all the router needs for what never reaches a sandbox.
+    pub fn unstarted(config: Config) -> Self {
+        let sandbox = Sandbox::new(config.sandbox.clone(), config.limits.clone());
+        Self::with(config, sandbox)
+    }
+
+    fn with(config: Config, sandbox: Sandbox) -> Self {
+        Self {
             config: Arc::new(config),
             sandbox: Arc::new(sandbox),
-        })
+        }
     }
 }

@@ -284,15 +284,17 @@ impl SandboxConfig {
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("invalid config file {path}: {source}")]
+    /// toml's own error spans several lines (a caret under the spot); this is its one line.
+    #[error("invalid config file {path}{}: {message}", .line.map(|line| format!(", line {line}")).unwrap_or_default())]
     Parse {
         path: PathBuf,
-        source: Box<toml::de::Error>,
+        line: Option<usize>,
+        message: String,
     },
     #[error("invalid value {value:?} in environment variable {name}: {reason}")]
     Env {
@@ -346,9 +348,12 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        toml::from_str(&text).map_err(|error| ConfigError::Parse {
             path: path.to_owned(),
-            source: Box::new(source),
+            line: error
+                .span()
+                .map(|span| text[..span.start].matches('\n').count() + 1),
+            message: error.message().to_owned(),
         })
     }
 
@@ -380,6 +385,12 @@ impl Config {
                 "limits.memory_bytes must be at least 64 MiB",
             ),
             (limits.processes == 0, "limits.processes must be at least 1"),
+            (
+                self.sandbox.profile == ProfileChoice::CloudRun
+                    && self.sandbox.require == Profile::Strict,
+                "sandbox.profile is `cloudrun` but sandbox.require is `strict`: \
+                 set profile to `auto` or `strict`",
+            ),
         ];
         match checks.into_iter().find(|(failed, _)| *failed) {
             Some((_, message)) => Err(ConfigError::Invalid(message.to_owned())),
@@ -449,6 +460,33 @@ mod tests {
     fn unknown_keys_in_the_file_are_errors() {
         let error = toml::from_str::<Config>("[limits]\ntime_limit = 5\n").unwrap_err();
         assert!(error.to_string().contains("time_limit"), "{error}");
+    }
+
+    #[test]
+    fn a_bad_file_is_one_line_naming_the_file_and_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "[server]\nport = 80\n[limits]\ntime_limit = 5\n").unwrap();
+        let error = Config::from_file(&path).unwrap_err().to_string();
+        assert!(!error.contains('\n'), "{error}");
+        assert!(
+            error.starts_with(&format!("invalid config file {}, line 4: ", path.display())),
+            "{error}"
+        );
+        assert!(error.contains("time_limit"), "{error}");
+        let error = Config::from_file(&dir.path().join("missing.toml")).unwrap_err();
+        let chain = crate::telemetry::ErrorChain(&error).to_string();
+        assert_eq!(chain.matches("No such file").count(), 1, "{chain}");
+    }
+
+    #[test]
+    fn a_profile_weaker_than_required_is_refused() {
+        let error = Config::load(env(&[
+            ("PYEXEC_PROFILE", "cloudrun"),
+            ("PYEXEC_REQUIRE_PROFILE", "strict"),
+        ]))
+        .unwrap_err();
+        assert!(error.to_string().contains("sandbox.require"), "{error}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod config;
+pub mod failure;
 pub mod harness;
 pub mod http;
 pub mod protocol;

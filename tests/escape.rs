@@ -14,7 +14,6 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{SocketAddr as UnixSocketAddr, UnixListener};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use common::{TestApp, error_code, spawn_app_with};
 use pyexec::config::{Profile, ProfileChoice};
@@ -670,7 +669,7 @@ async fn run_suite(app: TestApp) {
             .map(|n| app.spawn_execute(&fill(n.script, &app, "")));
         if neighbour.is_some() {
             // The neighbour runs first, so the attack meets it running.
-            app.wait_for_a_sandbox().await;
+            app.wait_for_sandboxes(1).await;
         }
         let (status, body) = app.execute(&fill(case.script, &app, &before)).await;
         if let Some(problem) = mismatch(expect, status, &body) {
@@ -697,7 +696,7 @@ async fn run_suite(app: TestApp) {
             ));
         }
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    common::wait_until(|| app.leftovers().is_empty() && app.leftover_cgroups().is_empty()).await;
     let leftovers = app.leftovers();
     assert!(
         leftovers.is_empty(),
@@ -708,7 +707,7 @@ async fn run_suite(app: TestApp) {
         mounts_before,
         "the host's mount table changed"
     );
-    let cgroups = leftover_cgroups(&app);
+    let cgroups = app.leftover_cgroups();
     assert!(cgroups.is_empty(), "cgroups left: {cgroups:?}");
     assert!(
         failures.is_empty(),
@@ -723,16 +722,6 @@ fn host_mounts() -> BTreeSet<String> {
         .unwrap()
         .lines()
         .map(str::to_owned)
-        .collect()
-}
-
-fn leftover_cgroups(app: &TestApp) -> Vec<String> {
-    common::slot_uids(&app.config)
-        .flat_map(|uid| {
-            ["memory", "pids"]
-                .map(|controller| format!("/sys/fs/cgroup/{controller}/pyexec/run-{uid}"))
-        })
-        .filter(|dir| std::path::Path::new(dir).exists())
         .collect()
 }
 

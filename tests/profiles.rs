@@ -68,10 +68,6 @@ async fn requiring_strict_refuses_to_start_rather_than_degrade() {
     config.sandbox.profile_dir = broken_strict(dir.path());
     let error = AppState::start(config).await.unwrap_err();
     assert!(error.to_string().contains("refusing to start"), "{error}");
-
-    let configured_weaker = config_with(dir.path(), ProfileChoice::CloudRun, Profile::Strict);
-    let error = AppState::start(configured_weaker).await.unwrap_err();
-    assert!(error.to_string().contains("`strict`"), "{error}");
 }
 
 #[tokio::test]
@@ -83,4 +79,78 @@ async fn a_sandbox_that_does_not_work_at_all_starts_unhealthy_on_the_stronger_pr
     assert_eq!(state.sandbox.profile(), Profile::Strict);
     let reason = state.sandbox.health().await.unwrap_err();
     assert!(reason.contains("/nonexistent/python3"), "{reason}");
+}
+
+/// Runs the service binary with a config file of `toml` and the environment `env` until it
+/// exits (it must: each case is a start-up failure); its exit code and its stderr lines.
+fn start_binary(toml: &str, env: &[(&str, &str)]) -> (Option<i32>, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    let uid_base = 1_500_000 + (std::process::id() % 1000) * 10;
+    let config = format!(
+        "[server]\nhost = \"127.0.0.1\"\nport = 0\n[sandbox]\nprofile_dir = \"{}/nsjail\"\n\
+         work_root = \"{}\"\nuid_base = {uid_base}\nmax_concurrency = 1\n{toml}",
+        env!("CARGO_MANIFEST_DIR"),
+        dir.path().display()
+    );
+    std::fs::write(&path, config).unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_pyexec"));
+    command
+        .env_clear()
+        .env("PYEXEC_CONFIG", &path)
+        .env("RUST_LOG", "error")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null());
+    // Bounded: a service that started instead of failing would never exit.
+    let mut child = command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("the service started instead of refusing to");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status.code(), stderr.lines().map(str::to_owned).collect())
+}
+
+#[test]
+fn a_malformed_setting_stops_the_binary_with_one_worded_line_and_exit_code_2() {
+    let (code, lines) = start_binary("", &[("PORT", "eighty")]);
+    assert_eq!(code, Some(2), "{lines:?}");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].starts_with("pyexec: invalid value \"eighty\" in environment variable PORT"),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn requiring_strict_where_only_cloudrun_may_run_is_one_line_and_exit_code_2() {
+    let profiles = tempfile::tempdir().unwrap();
+    let broken = broken_strict(profiles.path());
+    let (code, lines) = start_binary(
+        "require = \"strict\"\ncgroups = false\n",
+        &[("PYEXEC_PROFILE_DIR", broken.to_str().unwrap())],
+    );
+    assert_eq!(code, Some(2), "{lines:?}");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("refusing to start"), "{lines:?}");
+    assert!(
+        !lines[0].contains("ProfileTooWeak"),
+        "no Debug struct: {lines:?}"
+    );
+    assert!(
+        !lines[0].contains("Set sandbox.require"),
+        "no advice to set what is set: {lines:?}"
+    );
 }

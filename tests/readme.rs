@@ -105,3 +105,34 @@ fn readme_documents_every_setting_with_its_default_and_variable() {
         wrong.join("\n")
     );
 }
+
+/// README's table of error codes lists exactly the codes `/openapi.json` documents (which come
+/// from the failure and error types themselves), so neither can gain a code the other lacks.
+#[tokio::test]
+async fn readme_lists_every_error_code_the_api_documents() {
+    let router = common::router_only(|_| {});
+    let request = axum::http::Request::get("/openapi.json")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let (_, _, document) = common::oneshot(&router, request).await;
+    let schemas = &document["components"]["schemas"];
+    let mut documented: Vec<String> = ["ServiceError", "ScriptFailure"]
+        .iter()
+        .flat_map(|name| schemas[name]["oneOf"].as_array().unwrap())
+        .map(|variant| variant["properties"]["code"]["enum"][0].as_str().unwrap().to_owned())
+        .collect();
+    documented.sort();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let mut listed: Vec<String> = readme
+        .lines()
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let status_cell = cells.get(1)?;
+            let code = cells.get(2)?.strip_prefix('`')?.strip_suffix('`')?;
+            (status_cell.len() == 3 && status_cell.parse::<u16>().is_ok()).then(|| code.to_owned())
+        })
+        .collect();
+    listed.sort();
+    assert_eq!(listed, documented);
+}

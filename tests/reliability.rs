@@ -82,7 +82,7 @@ async fn a_request_that_waits_too_long_for_a_sandbox_gets_503() {
     })
     .await;
     let long = app.spawn_execute(&sleep_for(2.0));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.wait_for_sandboxes(1).await;
     let (status, body) = app.execute("def main():\n    return 1\n").await;
     assert_eq!((status, error_code(&body)), (503, "busy"), "{body}");
     assert!(
@@ -101,7 +101,7 @@ async fn a_request_that_cannot_be_admitted_is_refused_before_its_body_is_read() 
     })
     .await;
     let busy = app.spawn_execute(&sleep_for(2.0));
-    app.wait_for_a_sandbox().await;
+    app.wait_for_sandboxes(1).await;
     // Announces a large body and sends a few bytes of it: the answer must not wait for the rest.
     let mut stream = TcpStream::connect(app.addr).await.unwrap();
     let head = "POST /execute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 500000\r\n\r\n{\"script\": \"";
@@ -139,7 +139,7 @@ async fn a_client_that_disconnects_cancels_its_execution() {
     );
     stream.write_all(request.as_bytes()).await.unwrap();
     // Wait until the jail runs, then hang up.
-    app.wait_for_a_sandbox().await;
+    app.wait_for_sandboxes(1).await;
     drop(stream);
     let left = app.processes_left().await;
     assert!(
@@ -223,22 +223,23 @@ async fn nsjail_disappearing_while_running_is_503_not_500() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sandbox_killed_from_outside_fails_only_its_own_request() {
     let app = spawn_app_with(|config| config.sandbox.max_concurrency = 2).await;
-    let victim = app.spawn_execute(&sleep_for(20.0));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let pids = loop {
-        let pids: Vec<i32> = common::slot_uids(&app.config)
+    // The script waits in a child of its own: once that child shows on the host, the harness
+    // has run the script, so what is killed is a running script, not a starting interpreter.
+    let victim = app.spawn_execute(
+        "import subprocess\ndef main():\n    subprocess.run(['/bin/sleep', '20'])\n    return 'woke'\n",
+    );
+    let sleeping = || {
+        common::slot_uids(&app.config)
             .flat_map(common::processes_of)
-            .map(|process| process.split(':').next().unwrap().parse().unwrap())
-            .collect();
-        if !pids.is_empty() || Instant::now() > deadline {
-            break pids;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+            .any(|process| process.ends_with("Name:\tsleep"))
     };
-    assert!(!pids.is_empty(), "the execution started");
-    // Past the interpreter's start-up: the script itself is running when it is killed.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(common::wait_until(sleeping).await, "the script never ran");
     let bystander = app.spawn_execute(&sleep_for(0.5));
+    let pids: Vec<i32> = common::slot_uids(&app.config)
+        .flat_map(common::processes_of)
+        .filter(|process| !process.ends_with("Name:\tsleep"))
+        .map(|process| process.split(':').next().unwrap().parse().unwrap())
+        .collect();
     for pid in pids {
         let _ = std::process::Command::new("kill")
             .args(["-KILL", &pid.to_string()])
@@ -287,7 +288,7 @@ async fn shutdown_lets_in_flight_requests_finish_then_stops_the_rest() {
     .await;
     let quick = app.spawn_execute(&sleep_for(0.8));
     let slow = app.spawn_execute(&sleep_for(30.0));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.wait_for_sandboxes(2).await;
     let started = Instant::now();
     app.shutdown.take().unwrap().send(()).unwrap();
     let (status, body) = quick.await.unwrap();

@@ -14,7 +14,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -26,6 +25,8 @@ struct Service {
     child: Child,
     addr: SocketAddr,
     uids: std::ops::Range<u32>,
+    /// Where the service makes per-execution cgroups, as its start-up log says.
+    cgroup_parents: Vec<std::path::PathBuf>,
     work_root: tempfile::TempDir,
     _config_dir: tempfile::TempDir,
 }
@@ -56,25 +57,32 @@ impl Service {
             .unwrap();
         let stderr = BufReader::new(child.stderr.take().unwrap());
         let (tx, rx) = std::sync::mpsc::channel();
-        // Reads the log for the listening address, then keeps draining it.
+        // Reads the log for the cgroups and the listening address, then keeps draining it.
         std::thread::spawn(move || {
             for line in stderr.lines().map_while(Result::ok) {
-                if let Ok(event) = serde_json::from_str::<Value>(&line)
-                    && event["message"] == "listening"
-                {
-                    let _ = tx.send(event["addr"].as_str().unwrap().to_owned());
-                }
+                let Ok(event) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                let field = match event["message"].as_str() {
+                    Some("sandbox ready") => "cgroups",
+                    Some("listening") => "addr",
+                    _ => continue,
+                };
+                let _ = tx.send(event[field].as_str().unwrap().to_owned());
             }
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the service started")
-            .parse()
-            .unwrap();
+        let next = || {
+            rx.recv_timeout(Duration::from_secs(30))
+                .expect("the service started")
+        };
+        // The list's Debug form; paths under /sys/fs/cgroup are plain, so it reads as JSON.
+        let cgroup_parents = serde_json::from_str(&next()).unwrap();
+        let addr = next().parse().unwrap();
         Self {
             child,
             addr,
             uids: uid_base..uid_base + 2,
+            cgroup_parents,
             work_root,
             _config_dir: config_dir,
         }
@@ -120,13 +128,7 @@ impl Service {
     }
 
     fn cgroups(&self) -> usize {
-        self.uids
-            .clone()
-            .flat_map(|uid| {
-                ["memory", "pids"].map(|c| format!("/sys/fs/cgroup/{c}/pyexec/run-{uid}"))
-            })
-            .filter(|dir| Path::new(dir).exists())
-            .count()
+        common::leftover_cgroups(&self.cgroup_parents, self.uids.clone()).len()
     }
 
     /// Established TCP connections to the service (IPv4 loopback, as the tests connect).
@@ -317,7 +319,14 @@ async fn sigterm_under_load_answers_every_request_and_exits_0() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Both sandboxes running, the rest queued: SIGTERM meets every state.
+    let running = || {
+        service
+            .uids
+            .clone()
+            .all(|uid| !common::processes_of(uid).is_empty())
+    };
+    assert!(common::wait_until(running).await, "the sandboxes never ran");
     let signalled = Instant::now();
     let pid = rustix::process::Pid::from_raw(i32::try_from(service.pid()).unwrap()).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();

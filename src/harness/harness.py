@@ -1,8 +1,8 @@
 """pyexec's harness: runs one user script inside the jail and reports what main() did.
 
 Invoked as `python -I -u -X utf8 -B harness.py SETTINGS SCRIPT_PATH`, where SETTINGS is a
-JSON object from the service: {"result_fd": 3, "result_bytes": N, "rlimits": {NAME: N},
-"limits": {NAME: N}} (see src/sandbox/command.rs).
+JSON object from the service: {"result_fd": 3, "rlimits": {NAME: N}, "limits": {NAME: N}}
+(see src/sandbox/command.rs); "limits" are the values failures report.
 
 Before any user code runs it lowers its own rlimits (address space where no cgroup bounds
 memory, processes, CPU time, file size, open files): a process may always lower its own,
@@ -11,9 +11,12 @@ even where nsjail may not set them (Cloud Run's first generation).
 The report travels on its own file descriptor (RESULT_FD, passed in by nsjail), never on
 stdout or stderr, so nothing the script prints can corrupt or fake it. It is a sequence of
 newline-terminated JSON frames, each carrying "v" (the protocol version):
-  {"v": 1, "event": "started"}                  before any user code runs
-  {"v": 1, "event": "returned", "result": ...}   main() returned a JSON-encodable value
-  {"v": 1, "event": "failed", "kind": ..., ...}  the script failed, see src/harness/mod.rs
+  {"v": 2, "event": "started"}                          before any user code runs
+  {"v": 2, "event": "returned", "result": ...}           main() returned a JSON-encodable value
+  {"v": 2, "event": "failed", "failure": {"code": ...}}  the script failed
+A failure is the service's `ScriptFailure` (src/failure.rs) as JSON: facts only (types,
+paths, numbers), never sentences; the service words them. The golden frames in golden/ are
+checked against both sides (test_harness.py here, src/harness/mod.rs there).
 
 stdout and stderr are the process's own descriptors, so output from C extensions and
 subprocesses is captured too; the service reads them. This file is embedded in the service
@@ -32,9 +35,13 @@ import sys
 import traceback
 import types
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 SCRIPT_MODULE = "script"
 SCRIPT_FILENAME = "main.py"
+# Bounds on the words taken from the script's own objects, so a hostile value cannot make a
+# frame huge: a dict key's repr in a path, and a type's name.
+MAX_KEY_REPR = 80
+MAX_TYPE_NAME = 200
 
 
 class Reporter:
@@ -76,6 +83,11 @@ def finish(send, frame):
     os._exit(0)
 
 
+def failed(code, **facts):
+    """The final frame for a failure: `code` and its facts, as `ScriptFailure` reads them."""
+    return {"event": "failed", "failure": {"code": code, **facts}}
+
+
 def user_traceback(exc):
     """The traceback without the harness's own frames: the caller debugs their script."""
     tb = exc.__traceback__
@@ -86,66 +98,96 @@ def user_traceback(exc):
 
 def type_name(value):
     cls = type(value)
-    module = cls.__module__
-    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+    module = getattr(cls, "__module__", None)
+    name = getattr(cls, "__qualname__", None)
+    if not isinstance(name, str):
+        name = "<unnamed type>"
+    if isinstance(module, str) and module != "builtins":
+        name = f"{module}.{name}"
+    return name[:MAX_TYPE_NAME]
 
 
+def safe_str(exc):
+    """str(exc), which is the script's code and may raise or return a non-str."""
+    try:
+        text = str(exc)
+    except BaseException:
+        return "<str() of the exception failed>"
+    return text if type(text) is str else "<str() of the exception returned a non-str>"
+
+
+# errno values that mean a sandbox limit was reached, with the limit's name.
 LIMIT_ERRNOS = {
-    errno.EFBIG: ("file_bytes", "the file size limit of {} bytes was reached"),
-    errno.ENOSPC: ("tmp_bytes", "the disk is full: the /tmp size limit is {} bytes"),
-    errno.EMFILE: ("open_files", "the limit of {} open files was reached"),
-    errno.EAGAIN: ("processes", "the limit of {} processes and threads was reached"),
+    errno.EFBIG: "file_bytes",
+    errno.ENOSPC: "tmp_bytes",
+    errno.EMFILE: "open_files",
+    errno.EAGAIN: "processes",
 }
 
 
-def limit_hint(exc, limits):
-    """Names the limit behind an error, so the caller knows which one they hit."""
+def reached_limit(exc, limits):
+    """The limit behind an exception, from its errno (or CPython's thread-start failure)."""
+    name = None
     if isinstance(exc, OSError) and exc.errno in LIMIT_ERRNOS:
-        name, text = LIMIT_ERRNOS[exc.errno]
-        return text.format(limits.get(name, "?"))
-    if isinstance(exc, RuntimeError) and "can't start new thread" in str(exc):
-        return LIMIT_ERRNOS[errno.EAGAIN][1].format(limits.get("processes", "?"))
-    return None
+        name = LIMIT_ERRNOS[exc.errno]
+    elif isinstance(exc, RuntimeError) and exc.args == ("can't start new thread",):
+        name = "processes"
+    if name is None or name not in limits:
+        return None
+    return {"name": name, "value": limits[name]}
 
 
 def exception_frame(exc, phase, limits):
     if isinstance(exc, MemoryError):
-        return {"event": "failed", "kind": "memory"}
-    return {
-        "event": "failed",
-        "kind": "exception",
-        "phase": phase,
-        "type": type_name(exc),
-        "message": str(exc),
-        "traceback": user_traceback(exc),
-        "hint": limit_hint(exc, limits),
-    }
+        return failed("memory_limit_exceeded", memory_limit_bytes=limits["memory_bytes"])
+    return failed(
+        "script_exception",
+        phase=phase,
+        exception={
+            "type": type_name(exc),
+            "message": safe_str(exc),
+            "traceback": user_traceback(exc),
+            "limit": reached_limit(exc, limits),
+        },
+    )
 
 
 def exit_frame(exc):
     code = exc.code
-    if code is not None and not isinstance(code, int):
-        code = str(code)
-    return {"event": "failed", "kind": "exit", "code": code}
+    if isinstance(code, bool):
+        code = int(code)
+    elif code is not None and not isinstance(code, int):
+        code = safe_str(code)
+    return failed("script_exited", exit_code=code, via="sys_exit")
+
+
+def key_repr(key):
+    text = repr(key)
+    return text if len(text) <= MAX_KEY_REPR else text[: MAX_KEY_REPR - 3] + "..."
 
 
 def find_unencodable(value, path="result", parents=()):
-    """Names the first part of `value` that JSON cannot carry, as (path, description)."""
+    """The first part of `value` JSON cannot carry, as (path, problem, type name), else None.
+    The problem is judged from the value itself (a float's own NaN-ness), never from words."""
     if value is None or isinstance(value, (str, bool, int)):
         return None
     if isinstance(value, float):
-        return None if math.isfinite(value) else (path, f"the float {value!r}")
+        if math.isnan(value):
+            return path, "nan", type_name(value)
+        if math.isinf(value):
+            return path, "infinity" if value > 0 else "negative_infinity", type_name(value)
+        return None
     if isinstance(value, (dict, list, tuple)):
         if id(value) in parents:
-            return path, "the container itself (a circular reference)"
+            return path, "circular", type_name(value)
         if len(parents) > 200:
-            return path, "nested too deeply"
+            return path, "too_deep", type_name(value)
         parents = parents + (id(value),)
     if isinstance(value, dict):
         for key, item in value.items():
             if not (key is None or isinstance(key, (str, int, float, bool))):
-                return f"{path} key {key!r}", f"a {type_name(key)} (keys must be str, int, float, bool or None)"
-            found = find_unencodable(item, f"{path}[{key!r}]", parents)
+                return path, "key", type_name(key)
+            found = find_unencodable(item, f"{path}[{key_repr(key)}]", parents)
             if found:
                 return found
         return None
@@ -155,36 +197,22 @@ def find_unencodable(value, path="result", parents=()):
             if found:
                 return found
         return None
-    return path, f"a {type_name(value)}"
+    return path, "type", type_name(value)
 
 
 def not_serializable_frame(value, error):
     found = None
-    try:
-        found = find_unencodable(value)
-    except Exception:
-        pass
     if isinstance(error, RecursionError):
-        detail = "it is nested too deeply to encode"
-        bad_type = type_name(value)
-    elif found is None:
-        detail = str(error)
-        bad_type = type_name(value)
+        found = ("result", "too_deep", type_name(value))
     else:
-        path, what = found
-        detail = f"{path} is {what}"
-        bad_type = type_name(value) if what.startswith("the container") else what.removeprefix("a ").removeprefix("the ").split(" ")[0]
-    hint = ""
-    if "nan" in detail or "inf" in detail:
-        hint = "; NaN and Infinity are not valid JSON"
-    elif "numpy" in detail or "pandas" in detail:
-        hint = "; convert it first, e.g. with .tolist() or .to_dict()"
-    return {
-        "event": "failed",
-        "kind": "not_serializable",
-        "type": bad_type,
-        "message": f"main() returned a value that is not JSON-serializable: {detail}{hint}",
-    }
+        try:
+            found = find_unencodable(value)
+        except BaseException:
+            pass
+    # json refused something the search does not know (a container subclass that misbehaves):
+    # the value itself is what cannot be carried.
+    path, problem, bad_type = found or ("result", "type", type_name(value))
+    return failed("result_not_serializable", type=bad_type, path=path, problem=problem)
 
 
 def required_parameters(function):
@@ -213,13 +241,14 @@ def apply_rlimits(rlimits):
 
 def main():
     settings, script_path = json.loads(sys.argv[1]), sys.argv[2]
-    max_result_bytes, limits = settings["result_bytes"], settings["limits"]
+    limits = settings["limits"]
     reporter = Reporter(settings["result_fd"])
     faulthandler.enable(file=sys.stderr)
     apply_rlimits(settings["rlimits"])
     # Reported by the harness rather than left to the default action: in a pid namespace the
     # interpreter is process 1, which ignores signals it has no handler for.
-    signal.signal(signal.SIGXCPU, lambda *_: finish(reporter.send, {"event": "failed", "kind": "cpu"}))
+    cpu_exceeded = failed("cpu_limit_exceeded", cpu_limit_secs=limits["cpu_secs"])
+    signal.signal(signal.SIGXCPU, lambda *_: finish(reporter.send, cpu_exceeded))
     # Files the script creates are private to its uid unless it says otherwise.
     os.umask(0o077)
     reporter.send({"event": "started"})
@@ -229,16 +258,13 @@ def main():
     try:
         code = compile(source, SCRIPT_FILENAME, "exec", dont_inherit=True)
     except (SyntaxError, ValueError) as exc:
-        line = getattr(exc, "lineno", None)
-        finish(reporter.send, {
-            "event": "failed",
-            "kind": "syntax_error",
-            "type": type_name(exc),
-            "message": getattr(exc, "msg", None) or str(exc),
-            "line": line,
-            "column": getattr(exc, "offset", None),
-            "text": (getattr(exc, "text", None) or "").rstrip("\n") or None,
-        })
+        finish(reporter.send, failed(
+            "syntax_error",
+            message=getattr(exc, "msg", None) or str(exc),
+            line=getattr(exc, "lineno", None),
+            column=getattr(exc, "offset", None),
+            text=(getattr(exc, "text", None) or "").rstrip("\n") or None,
+        ))
 
     module = types.ModuleType(SCRIPT_MODULE)
     module.__file__ = SCRIPT_FILENAME
@@ -253,24 +279,12 @@ def main():
 
     function = module.__dict__.get("main")
     if function is None:
-        finish(reporter.send, {
-            "event": "failed",
-            "kind": "no_main",
-            "message": "the script does not define a top-level function main()",
-        })
+        finish(reporter.send, failed("no_main", main_type=None))
     if not callable(function):
-        finish(reporter.send, {
-            "event": "failed",
-            "kind": "no_main",
-            "message": f"main is not a function (it is of type {type_name(function)}): define def main(): ...",
-        })
+        finish(reporter.send, failed("no_main", main_type=type_name(function)))
     required = required_parameters(function)
     if required:
-        finish(reporter.send, {
-            "event": "failed",
-            "kind": "main_requires_arguments",
-            "message": "main() must take no arguments, but it requires: " + ", ".join(required),
-        })
+        finish(reporter.send, failed("main_requires_arguments", parameters=required))
 
     try:
         if inspect.iscoroutinefunction(function):
@@ -289,15 +303,13 @@ def main():
     except (TypeError, ValueError, RecursionError) as exc:
         finish(reporter.send, not_serializable_frame(value, exc))
     except MemoryError:
-        finish(reporter.send, {"event": "failed", "kind": "memory"})
-    if len(encoded) > max_result_bytes:
-        finish(reporter.send, {
-            "event": "failed",
-            "kind": "result_too_large",
-            "bytes": len(encoded),
-            "limit": max_result_bytes,
-        })
+        finish(reporter.send, failed("memory_limit_exceeded", memory_limit_bytes=limits["memory_bytes"]))
+    if len(encoded) > limits["result_bytes"]:
+        finish(reporter.send, failed(
+            "result_too_large", result_bytes=len(encoded), limit_bytes=limits["result_bytes"]
+        ))
     finish(reporter.send_result, encoded)
 
 
-main()
+if __name__ == "__main__":
+    main()

@@ -13,6 +13,8 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::failure::ScriptFailure;
+
 /// The harness, run as `python harness.py SETTINGS SCRIPT`.
 const HARNESS: &str = include_str!("harness.py");
 /// The harness's file name inside an execution's directory.
@@ -20,7 +22,7 @@ pub const HARNESS_FILE: &str = "harness.py";
 /// The script's file name: tracebacks name it, so it reads as the caller's file.
 pub const SCRIPT_FILE: &str = "main.py";
 /// The protocol version this service understands.
-const PROTOCOL_VERSION: u32 = 1;
+const PROTOCOL_VERSION: u32 = 2;
 
 /// Writes the harness and the script into an execution's directory.
 pub fn install(dir: &Path, script: &str) -> io::Result<()> {
@@ -40,43 +42,11 @@ pub struct Report {
 /// The final frame: what `main()` did, as the harness saw it.
 #[derive(Debug)]
 pub enum Reported {
+    /// `main()` returned this JSON, exactly as the harness encoded it.
     Returned(Box<RawValue>),
-    SyntaxError {
-        message: String,
-        line: Option<u64>,
-        column: Option<u64>,
-        text: Option<String>,
-    },
-    NoMain {
-        message: String,
-    },
-    MainRequiresArguments {
-        message: String,
-    },
-    Exception {
-        during_load: bool,
-        type_name: String,
-        message: String,
-        traceback: String,
-        /// Which limit caused it, when the harness could tell (`EFBIG`, `EAGAIN`, ...).
-        hint: Option<String>,
-    },
-    /// `MemoryError`: the address-space limit was reached.
-    Memory,
-    /// `SIGXCPU`: the CPU-time limit was reached.
-    Cpu,
-    NotSerializable {
-        type_name: String,
-        message: String,
-    },
-    ResultTooLarge {
-        bytes: u64,
-        limit: u64,
-    },
-    /// `sys.exit(code)`: `code` is the JSON of the exit argument (number, string or null).
-    Exit {
-        code: serde_json::Value,
-    },
+    /// One of the failures only the harness can see (see
+    /// [`ScriptFailure::reportable_by_harness`]).
+    Failed(ScriptFailure),
 }
 
 /// The frames could not be understood.
@@ -86,31 +56,33 @@ pub enum ProtocolError {
     Malformed(#[from] serde_json::Error),
     #[error("unknown protocol version {0}")]
     Version(u32),
-    #[error("unknown frame {event:?}/{kind:?}")]
-    Unknown { event: String, kind: Option<String> },
+    #[error("a {0} frame where the final frame belongs")]
+    Misplaced(&'static str),
+    #[error("a `{0}` failure, which only the service itself can observe")]
+    Forged(&'static str),
     #[error("the result exceeded the size limit")]
     Truncated,
 }
 
+/// One line on the result descriptor. Which fields an event carries is checked in
+/// [`Frame::into_reported`]; unknown fields are refused.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Frame {
     v: u32,
-    event: String,
-    kind: Option<String>,
+    event: Event,
     #[serde(default, deserialize_with = "present")]
     result: Option<Box<RawValue>>,
-    phase: Option<String>,
-    #[serde(rename = "type")]
-    type_name: Option<String>,
-    message: Option<String>,
-    traceback: Option<String>,
-    line: Option<u64>,
-    column: Option<u64>,
-    text: Option<String>,
-    code: Option<serde_json::Value>,
-    hint: Option<String>,
-    bytes: Option<u64>,
-    limit: Option<u64>,
+    failure: Option<ScriptFailure>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Event {
+    /// Written before any user code runs.
+    Started,
+    Returned,
+    Failed,
 }
 
 /// A present `result` is `Some` even when it is JSON `null` (plain `Option` would make it `None`).
@@ -126,7 +98,7 @@ pub fn parse(bytes: &[u8], truncated: bool) -> Report {
     let started = lines
         .next()
         .and_then(|line| serde_json::from_slice::<Frame>(line).ok())
-        .is_some_and(|frame| frame.v == PROTOCOL_VERSION && frame.event == "started");
+        .is_some_and(|frame| frame.v == PROTOCOL_VERSION && frame.event == Event::Started);
     if !started {
         return Report {
             started,
@@ -151,65 +123,35 @@ impl Frame {
         if self.v != PROTOCOL_VERSION {
             return Err(ProtocolError::Version(self.v));
         }
-        let text = |field: Option<String>| field.unwrap_or_default();
-        let reported = match (self.event.as_str(), self.kind.as_deref()) {
-            ("returned", _) => match self.result {
-                Some(result) => Reported::Returned(result),
-                None => return Err(self.unknown()),
-            },
-            ("failed", Some("syntax_error")) => Reported::SyntaxError {
-                message: text(self.message),
-                line: self.line,
-                column: self.column,
-                text: self.text,
-            },
-            ("failed", Some("no_main")) => Reported::NoMain {
-                message: text(self.message),
-            },
-            ("failed", Some("main_requires_arguments")) => Reported::MainRequiresArguments {
-                message: text(self.message),
-            },
-            ("failed", Some("exception")) => Reported::Exception {
-                during_load: self.phase.as_deref() == Some("load"),
-                type_name: text(self.type_name),
-                message: text(self.message),
-                traceback: text(self.traceback),
-                hint: self.hint,
-            },
-            ("failed", Some("memory")) => Reported::Memory,
-            ("failed", Some("cpu")) => Reported::Cpu,
-            ("failed", Some("not_serializable")) => Reported::NotSerializable {
-                type_name: text(self.type_name),
-                message: text(self.message),
-            },
-            ("failed", Some("result_too_large")) => Reported::ResultTooLarge {
-                bytes: self.bytes.unwrap_or_default(),
-                limit: self.limit.unwrap_or_default(),
-            },
-            ("failed", Some("exit")) => Reported::Exit {
-                code: self.code.unwrap_or_default(),
-            },
-            _ => return Err(self.unknown()),
-        };
-        Ok(reported)
-    }
-
-    fn unknown(self) -> ProtocolError {
-        ProtocolError::Unknown {
-            event: self.event,
-            kind: self.kind,
+        match (self.event, self.result, self.failure) {
+            (Event::Returned, Some(result), None) => Ok(Reported::Returned(result)),
+            (Event::Failed, None, Some(failure)) if failure.reportable_by_harness() => {
+                Ok(Reported::Failed(failure))
+            }
+            (Event::Failed, None, Some(failure)) => Err(ProtocolError::Forged(failure.code())),
+            (Event::Started, ..) => Err(ProtocolError::Misplaced("second `started`")),
+            (Event::Returned, ..) => Err(ProtocolError::Misplaced("`returned` without one result")),
+            (Event::Failed, ..) => Err(ProtocolError::Misplaced("`failed` without one failure")),
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
+    use serde_json::{Value, json};
+
     use super::*;
 
-    const STARTED: &str = "{\"event\": \"started\", \"v\": 1}\n";
+    const STARTED: &str = "{\"event\": \"started\", \"v\": 2}\n";
 
     fn parse_str(text: &str) -> Report {
         parse(text.as_bytes(), false)
+    }
+
+    fn final_frame(frame: &Value) -> Report {
+        parse_str(&format!("{STARTED}{frame}\n"))
     }
 
     #[test]
@@ -221,7 +163,7 @@ mod tests {
 
     #[test]
     fn a_forged_first_frame_is_not_a_start() {
-        assert!(!parse_str("{\"event\": \"started\", \"v\": 2}\n").started);
+        assert!(!parse_str("{\"event\": \"started\", \"v\": 1}\n").started);
         assert!(!parse_str("garbage\n").started);
     }
 
@@ -234,7 +176,7 @@ mod tests {
 
     #[test]
     fn the_result_is_kept_verbatim() {
-        let big = "{\"v\": 1, \"event\": \"returned\", \"result\": [1267650600228229401496703205376, 0.1, \"\\u00e9\"]}\n";
+        let big = "{\"v\": 2, \"event\": \"returned\", \"result\": [1267650600228229401496703205376, 0.1, \"\\u00e9\"]}\n";
         let report = parse_str(&format!("{STARTED}{big}"));
         let Some(Ok(Reported::Returned(raw))) = report.outcome else {
             panic!("{report:?}")
@@ -247,34 +189,11 @@ mod tests {
 
     #[test]
     fn a_null_result_is_a_result() {
-        let report = parse_str(&format!(
-            "{STARTED}{{\"v\": 1, \"event\": \"returned\", \"result\": null}}\n"
-        ));
+        let report = final_frame(&json!({"v": 2, "event": "returned", "result": null}));
         let Some(Ok(Reported::Returned(raw))) = report.outcome else {
             panic!("{report:?}")
         };
         assert_eq!(raw.get(), "null");
-    }
-
-    #[test]
-    fn failures_are_decoded() {
-        let frame = "{\"event\": \"failed\", \"kind\": \"exception\", \"phase\": \"main\", \"type\": \"ValueError\", \"message\": \"boom\", \"traceback\": \"tb\", \"v\": 1}\n";
-        let report = parse_str(&format!("{STARTED}{frame}"));
-        let Some(Ok(Reported::Exception {
-            during_load,
-            type_name,
-            message,
-            traceback,
-            hint: None,
-        })) = report.outcome
-        else {
-            panic!("{report:?}")
-        };
-        assert!(!during_load);
-        assert_eq!(
-            (type_name.as_str(), message.as_str(), traceback.as_str()),
-            ("ValueError", "boom", "tb")
-        );
     }
 
     #[test]
@@ -284,9 +203,33 @@ mod tests {
             matches!(report.outcome, Some(Err(ProtocolError::Malformed(_)))),
             "{report:?}"
         );
-        let report = parse_str(&format!("{STARTED}{{\"v\": 1, \"event\": \"returned\"}}\n"));
+        for frame in [
+            json!({"v": 2, "event": "returned"}),
+            json!({"v": 2, "event": "failed"}),
+            json!({"v": 2, "event": "started"}),
+        ] {
+            let report = final_frame(&frame);
+            assert!(
+                matches!(report.outcome, Some(Err(ProtocolError::Misplaced(_)))),
+                "{frame}: {report:?}"
+            );
+        }
+        let extra = json!({"v": 2, "event": "returned", "result": 1, "stdout": "x"});
+        assert!(matches!(
+            final_frame(&extra).outcome,
+            Some(Err(ProtocolError::Malformed(_)))
+        ));
+    }
+
+    #[test]
+    fn a_failure_only_the_service_can_observe_is_a_forgery() {
+        let frame = json!({"v": 2, "event": "failed", "failure": {"code": "time_limit_exceeded", "time_limit_ms": 1}});
+        let report = final_frame(&frame);
         assert!(
-            matches!(report.outcome, Some(Err(ProtocolError::Unknown { .. }))),
+            matches!(
+                report.outcome,
+                Some(Err(ProtocolError::Forged("time_limit_exceeded")))
+            ),
             "{report:?}"
         );
     }
@@ -294,12 +237,44 @@ mod tests {
     #[test]
     fn a_truncated_report_is_not_parsed() {
         let report = parse(
-            format!("{STARTED}{{\"v\": 1, \"event\": \"returned\", \"result\": [1,").as_bytes(),
+            format!("{STARTED}{{\"v\": 2, \"event\": \"returned\", \"result\": [1,").as_bytes(),
             true,
         );
         assert!(
             matches!(report.outcome, Some(Err(ProtocolError::Truncated))),
             "{report:?}"
         );
+    }
+
+    /// The golden frames the Python tests check the harness writes (`test_harness.py`): each
+    /// must parse, carry its failure through the Rust type unchanged, and read as its message.
+    #[test]
+    fn golden_frames_parse_into_the_failure_type_unchanged() {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/harness/golden");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let golden: Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            let frame = &golden["frame"];
+            let name = path.display();
+            match final_frame(frame).outcome {
+                Some(Ok(Reported::Failed(failure))) => {
+                    assert_eq!(
+                        serde_json::to_value(&failure).unwrap(),
+                        frame["failure"],
+                        "{name}"
+                    );
+                    assert_eq!(failure.to_string(), golden["message"], "{name}");
+                }
+                Some(Ok(Reported::Returned(result))) => {
+                    let result: Value = serde_json::from_str(result.get()).unwrap();
+                    assert_eq!(result, frame["result"], "{name}");
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+            seen += 1;
+        }
+        assert!(seen >= 10, "golden frames in {}: {seen}", dir.display());
     }
 }

@@ -1,14 +1,14 @@
-//! `POST /execute`: extract, validate, run, answer.
+//! `POST /execute`: admit, extract, validate, run, answer.
 
-use axum::Json;
 use axum::extract::{FromRequest, Request, State};
 use axum::response::{IntoResponse, Response};
-use serde_json::Value;
+use axum::{Extension, Json};
 
-use super::error::{ApiError, FailedExecution, Usage, duration_ms};
+use super::error::ApiError;
 use super::extract::AppJson;
+use super::log::Usage;
 use crate::app::AppState;
-use crate::protocol::{ErrorBody, ExecuteRequest, ExecuteResponse};
+use crate::protocol::{ErrorBody, ExecuteRequest, ExecuteResponse, FailedScript};
 use crate::sandbox::{Execution, Outcome};
 use crate::validate::validate;
 
@@ -34,69 +34,22 @@ pub(super) async fn execute(
     // Admitted before the body is read: when every sandbox and queue place is taken the
     // answer is 503 at once, and no more bodies are held than there are places.
     let ticket = state.sandbox.admit()?;
-    let AppJson(body) = AppJson::<Value>::from_request(request, &state).await?;
-    let script = validate(script_field(body)?, state.config.limits.script_bytes)?;
+    let AppJson(body) = AppJson::<ExecuteRequest>::from_request(request, &state).await?;
+    let script = validate(body.script, state.config.limits.script_bytes)?;
     let Execution {
         outcome,
-        stdout,
-        stderr,
-        duration,
+        output,
         memory_peak_bytes,
     } = state.sandbox.execute(ticket, &script).await?;
     let usage = Usage {
-        duration,
+        sandbox_ms: output.duration_ms,
         memory_peak_bytes,
     };
-    match outcome {
-        Outcome::Returned(result) => {
-            let mut response = Json(ExecuteResponse {
-                result,
-                stdout: stdout.text,
-                stderr: stderr.text,
-                stdout_truncated: stdout.truncated,
-                stderr_truncated: stderr.truncated,
-                duration_ms: duration_ms(duration),
-            })
-            .into_response();
-            response.extensions_mut().insert(usage.logged("ok"));
-            Ok(response)
+    let answer = match outcome {
+        Outcome::Returned(result) => Json(ExecuteResponse { result, output }).into_response(),
+        Outcome::Failed(failure) => {
+            ApiError::ScriptFailed(Box::new(FailedScript { failure, output })).into_response()
         }
-        Outcome::Failed(failure) => Err(ApiError::ScriptFailed(Box::new(FailedExecution {
-            failure,
-            stdout,
-            stderr,
-            usage,
-        }))),
-    }
-}
-
-/// The `script` string of a `{"script": "..."}` body, with an error that says what to fix.
-fn script_field(body: Value) -> Result<String, ApiError> {
-    let Value::Object(mut fields) = body else {
-        return Err(ApiError::InvalidRequest(format!(
-            "the body must be a JSON object like {{\"script\": \"def main(): ...\"}}, not {}",
-            json_type(&body)
-        )));
     };
-    match fields.remove("script") {
-        Some(Value::String(script)) => Ok(script),
-        None => Err(ApiError::InvalidRequest(
-            "the body has no \"script\" field: send {\"script\": \"def main(): ...\"}".to_owned(),
-        )),
-        Some(other) => Err(ApiError::InvalidRequest(format!(
-            "the \"script\" field must be a string of Python source, not {}",
-            json_type(&other)
-        ))),
-    }
-}
-
-fn json_type(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
+    Ok((Extension(usage), answer).into_response())
 }

@@ -6,7 +6,8 @@ use axum::extract::State;
 
 use super::ApiError;
 use crate::app::AppState;
-use crate::protocol::{ErrorBody, HealthResponse};
+use crate::protocol::{ErrorBody, HealthResponse, HealthStatus};
+use crate::sandbox::SandboxError;
 
 /// Whether scripts can run, and how strongly they are isolated.
 #[utoipa::path(
@@ -22,9 +23,12 @@ pub(super) async fn health(
     State(state): State<AppState>,
 ) -> Result<Json<HealthResponse>, ApiError> {
     let sandbox = &state.sandbox;
-    sandbox.health().await.map_err(ApiError::Unhealthy)?;
+    sandbox
+        .health()
+        .await
+        .map_err(|reason| ApiError::Sandbox(SandboxError::Unavailable(reason)))?;
     Ok(Json(HealthResponse {
-        status: "healthy",
+        status: HealthStatus::Healthy,
         profile: sandbox.profile().name(),
         isolation: sandbox.isolation(),
     }))

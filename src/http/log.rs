@@ -1,6 +1,6 @@
-//! One structured log line per request: route, status, duration, outcome code and what the
-//! sandbox used; the request span adds method, route and request id. Script text and output
-//! are never logged.
+//! One structured log line per request: status, duration, outcome code and what the sandbox
+//! used; the request span adds method, route and request id. Script text and output are never
+//! logged. Handlers and the error mapping tell it what they know through response extensions.
 
 use std::time::Instant;
 
@@ -8,35 +8,32 @@ use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
 
-/// What a response tells the log, set by the handlers and the error mapping.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Logged {
-    /// The error code, or `ok`.
-    pub code: &'static str,
-    /// The sandbox's wall time and peak memory (where a cgroup measured it).
-    pub sandbox_ms: Option<u64>,
+use crate::telemetry::millis;
+
+/// The `code` of an error answer; a response without one is logged as `ok`.
+#[derive(Debug, Clone, Copy)]
+pub struct OutcomeCode(pub &'static str);
+
+/// What the sandbox used for the request's execution.
+#[derive(Debug, Clone, Copy)]
+pub struct Usage {
+    pub sandbox_ms: u64,
+    /// Where a cgroup measured it.
     pub memory_peak_bytes: Option<u64>,
 }
 
 pub async fn access_log(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let response = next.run(request).await;
-    let logged = response
-        .extensions()
-        .get::<Logged>()
-        .copied()
-        .unwrap_or_default();
-    let code = if logged.code.is_empty() {
-        "ok"
-    } else {
-        logged.code
-    };
+    let extensions = response.extensions();
+    let code = extensions.get::<OutcomeCode>().map_or("ok", |code| code.0);
+    let usage = extensions.get::<Usage>();
     tracing::info!(
         status = response.status().as_u16(),
-        duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        duration_ms = millis(started.elapsed()),
         code,
-        sandbox_ms = logged.sandbox_ms,
-        memory_peak_bytes = logged.memory_peak_bytes,
+        sandbox_ms = usage.map(|usage| usage.sandbox_ms),
+        memory_peak_bytes = usage.and_then(|usage| usage.memory_peak_bytes),
         "request"
     );
     response

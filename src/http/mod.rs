@@ -1,6 +1,7 @@
 //! The HTTP surface: routes, fallbacks and the middleware stack. Nothing else lives here;
 //! handlers are in their own files and every error goes through [`error::ApiError`].
 
+mod backstop;
 mod error;
 mod execute;
 mod extract;
@@ -44,7 +45,7 @@ pub fn router(state: AppState) -> Router {
             state.config.request_timeout(),
         ))
         .layer(CatchPanicLayer::new())
-        .layer(axum::middleware::map_response(error::json_backstop))
+        .layer(axum::middleware::map_response(backstop::json_backstop))
         .layer(axum::middleware::from_fn(log::access_log))
         // Listed outermost first: the request id exists before the span reads it.
         .layer(

@@ -30,6 +30,15 @@ pub enum Cgroups {
     V2 { parent: PathBuf },
 }
 
+/// What an execution's group measured.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CgroupUsage {
+    /// The kernel's OOM killer killed a process of the group.
+    pub oom_killed: bool,
+    /// The most memory the group held, in bytes.
+    pub memory_peak_bytes: Option<u64>,
+}
+
 /// One execution's group (one directory per hierarchy).
 #[derive(Debug)]
 pub struct Cgroup {
@@ -51,6 +60,14 @@ impl Cgroups {
             .create(probe, limits)
             .map_err(|error| format!("cannot create a cgroup with limits: {error}"))?;
         Ok(found)
+    }
+
+    /// The directories the per-execution groups are made in, one per hierarchy.
+    pub fn parents(&self) -> Vec<PathBuf> {
+        match self {
+            Self::V1 { memory, pids } => vec![memory.clone(), pids.clone()],
+            Self::V2 { parent } => vec![parent.clone()],
+        }
     }
 
     pub fn backend(&self) -> LimitsBackend {
@@ -101,8 +118,16 @@ impl Cgroup {
         &self.dirs
     }
 
+    /// What the group measured, read before it is removed.
+    pub fn usage(&self) -> CgroupUsage {
+        CgroupUsage {
+            oom_killed: self.oom_killed(),
+            memory_peak_bytes: self.memory_peak(),
+        }
+    }
+
     /// Whether the kernel's OOM killer killed a process of this group.
-    pub fn oom_killed(&self) -> bool {
+    fn oom_killed(&self) -> bool {
         let (file, key) = if self.v2 {
             ("memory.events", "oom_kill")
         } else {
@@ -116,7 +141,7 @@ impl Cgroup {
     }
 
     /// The most memory the group has held, in bytes.
-    pub fn memory_peak(&self) -> Option<u64> {
+    fn memory_peak(&self) -> Option<u64> {
         let file = if self.v2 {
             "memory.peak"
         } else {

@@ -138,9 +138,11 @@ fn harness_settings(run: &Run<'_>) -> serde_json::Value {
     }
     json!({
         "result_fd": FDS.result,
-        "result_bytes": limits.result_bytes,
         "rlimits": rlimits,
         "limits": {
+            "result_bytes": limits.result_bytes,
+            "memory_bytes": limits.memory_bytes,
+            "cpu_secs": limits.cpu_secs,
             "processes": limits.processes,
             "file_bytes": limits.file_bytes,
             "tmp_bytes": limits.tmp_bytes,

@@ -12,10 +12,11 @@ mod slots;
 
 use std::io;
 use std::os::unix::fs::{PermissionsExt, chown};
+use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-pub use outcome::{Execution, Outcome, Output, ScriptFailure, signal_name};
+pub use outcome::{Execution, Outcome};
 pub use profile::{Isolation, LimitsBackend};
 pub use slots::Ticket;
 
@@ -24,7 +25,7 @@ use crate::harness;
 use crate::validate::{Script, validate};
 use cgroup::Cgroups;
 use process::Caps;
-use slots::{Refused, Slot, Slots};
+use slots::{Refused, Slots};
 use tokio_util::sync::CancellationToken;
 
 /// nsjail's log is a few lines; more than this is noise.
@@ -68,7 +69,7 @@ pub enum SandboxError {
     #[error("the service is shutting down; retry the request")]
     ShuttingDown,
     /// The service failed at something it should always be able to do (500).
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Internal {
         context: &'static str,
         source: io::Error,
@@ -100,27 +101,13 @@ pub enum StartError {
 }
 
 impl Sandbox {
-    /// Finds what this host allows (cgroups, then the profile: for `auto`, `strict` if its
-    /// canary runs, else `cloudrun` with a loud warning) and checks the sandbox works. A sandbox
-    /// that does not work at all still starts, unhealthy, so `/health` can say why; one that
-    /// only works below `sandbox.require` does not start.
-    pub async fn start(mut config: SandboxConfig, limits: Limits) -> Result<Self, StartError> {
+    /// A sandbox that has probed nothing and run nothing: unhealthy until [`Sandbox::start`].
+    /// Enough for what needs no jail (routing, request parsing).
+    pub fn new(mut config: SandboxConfig, limits: Limits) -> Self {
         // nsjail runs in the execution's directory: relative paths must not depend on it.
         if let Ok(dir) = std::path::absolute(&config.profile_dir) {
             config.profile_dir = dir;
         }
-        let cgroups = if config.cgroups {
-            Cgroups::detect(&limits, &format!("probe-{}", config.uid_base))
-                .inspect_err(|reason| {
-                    tracing::warn!(
-                        reason,
-                        "no writable cgroups: memory and processes are bounded by rlimits only"
-                    );
-                })
-                .ok()
-        } else {
-            None
-        };
         let queue_timeout = Duration::from_millis(config.queue_timeout_ms);
         let slots = Slots::new(
             config.uid_base,
@@ -128,35 +115,50 @@ impl Sandbox {
             config.max_queue,
             queue_timeout,
         );
-        let first = match config.profile {
+        let profile = match config.profile {
             ProfileChoice::Auto | ProfileChoice::Strict => Profile::Strict,
             ProfileChoice::CloudRun => Profile::CloudRun,
         };
-        let health = Mutex::new(Health {
-            status: Ok(()),
-            checked: Instant::now(),
-        });
-        let mut sandbox = Self {
+        Self {
             config,
             limits,
-            profile: first,
-            cgroups,
+            profile,
+            cgroups: None,
             slots,
-            health,
+            health: Mutex::new(Health {
+                status: Err("the sandbox has not been started".to_owned()),
+                checked: Instant::now(),
+            }),
             cancel: CancellationToken::new(),
-        };
+        }
+    }
+
+    /// Finds what this host allows (cgroups, then the profile: for `auto`, `strict` if its
+    /// canary runs, else `cloudrun` with a loud warning) and checks the sandbox works. A sandbox
+    /// that does not work at all still starts, unhealthy, so `/health` can say why; one that
+    /// only works below `sandbox.require` does not start.
+    pub async fn start(config: SandboxConfig, limits: Limits) -> Result<Self, StartError> {
+        let mut sandbox = Self::new(config, limits);
+        if sandbox.config.cgroups {
+            let limits = sandbox.limits.clone();
+            let probe = format!("probe-{}", sandbox.config.uid_base);
+            sandbox.cgroups = blocking(move || Cgroups::detect(&limits, &probe))
+                .await
+                .unwrap_or_else(|error| Err(error.to_string()))
+                .inspect_err(|reason| {
+                    tracing::warn!(
+                        reason,
+                        "no writable cgroups: memory and processes are bounded by rlimits only"
+                    );
+                })
+                .ok();
+        }
         let Err(strict_failure) = sandbox.check().await else {
-            return sandbox.finish_start();
+            return Ok(sandbox.finish_start());
         };
         if sandbox.config.profile == ProfileChoice::Auto {
             sandbox.profile = Profile::CloudRun;
             if sandbox.check().await.is_ok() {
-                tracing::warn!(
-                    reason = strict_failure,
-                    "THE STRICT PROFILE DOES NOT WORK ON THIS HOST: running the weaker `cloudrun` profile \
-                     (no mount, pid or network namespace; see SECURITY.md). Set sandbox.require = \"strict\" \
-                     to refuse to start instead."
-                );
                 if sandbox.config.require > Profile::CloudRun {
                     return Err(StartError::ProfileTooWeak {
                         required: sandbox.config.require,
@@ -164,23 +166,23 @@ impl Sandbox {
                         reason: strict_failure,
                     });
                 }
-                return sandbox.finish_start();
+                tracing::warn!(
+                    reason = strict_failure,
+                    "THE STRICT PROFILE DOES NOT WORK ON THIS HOST: running the weaker `cloudrun` profile \
+                     (no mount, pid or network namespace; see SECURITY.md). Set sandbox.require = \"strict\" \
+                     to refuse to start instead."
+                );
+                return Ok(sandbox.finish_start());
             }
             // Neither works, so the fault is not the kernel's: stay on the stronger profile.
             sandbox.profile = Profile::Strict;
             sandbox.record(Err(strict_failure));
         }
-        sandbox.finish_start()
+        Ok(sandbox.finish_start())
     }
 
-    fn finish_start(self) -> Result<Self, StartError> {
-        if self.profile < self.config.require {
-            return Err(StartError::ProfileTooWeak {
-                required: self.config.require,
-                available: self.profile,
-                reason: "configured with sandbox.profile".to_owned(),
-            });
-        }
+    /// Logs how the sandbox came up.
+    fn finish_start(self) -> Self {
         let health = self
             .health
             .lock()
@@ -189,14 +191,19 @@ impl Sandbox {
             .clone();
         match health {
             Ok(()) => {
-                tracing::info!(profile = self.profile.name(), limits = ?self.limits_backend(), "sandbox ready");
+                tracing::info!(
+                    profile = self.profile.name(),
+                    limits = ?self.limits_backend(),
+                    cgroups = ?self.cgroup_parents(),
+                    "sandbox ready"
+                );
             }
             Err(reason) => tracing::error!(
                 reason,
                 "sandbox unavailable: /health answers 503 until it works"
             ),
         }
-        Ok(self)
+        self
     }
 
     /// Refuses new executions (and those waiting for a slot): the service is shutting down.
@@ -217,6 +224,15 @@ impl Sandbox {
         self.cgroups
             .as_ref()
             .map_or(LimitsBackend::Rlimits, Cgroups::backend)
+    }
+
+    /// Where per-execution cgroups are made (one directory per hierarchy); empty without
+    /// cgroups. For the operator's log and for leak checks.
+    pub fn cgroup_parents(&self) -> Vec<std::path::PathBuf> {
+        self.cgroups
+            .as_ref()
+            .map(Cgroups::parents)
+            .unwrap_or_default()
     }
 
     /// What the active profile guarantees on this host.
@@ -240,25 +256,16 @@ impl Sandbox {
     ) -> Result<Execution, SandboxError> {
         let mut slot = ticket.acquire().await?;
         slot.sweep_files = !self.profile.namespaced();
-        // Declared after the slot, so on every path it is deleted before the slot is freed.
-        let workdir = self.prepare(&slot, script.as_str())?;
-        if let Some(cgroups) = &self.cgroups {
-            let name = format!("run-{}", slot.uid);
-            let cgroup =
-                cgroups
-                    .create(&name, &self.limits)
-                    .map_err(|source| SandboxError::Internal {
-                        context: "creating the execution's cgroup failed",
-                        source,
-                    })?;
-            slot.hold(cgroup);
-        }
+        let (workdir, cgroup) = self.prepare(slot.uid, script).await?;
+        // From here the slot owns both: on every path its sweep removes them with the rest.
+        let workdir_path = workdir.path().to_owned();
+        slot.hold(workdir, cgroup);
         let cgroup_dirs = slot.cgroup().map(cgroup::Cgroup::dirs).unwrap_or_default();
         let cmd = command::build(&command::Run {
             config: &self.config,
             limits: &self.limits,
             profile: self.profile,
-            workdir: workdir.path(),
+            workdir: &workdir_path,
             uid: slot.uid,
             cgroup_dirs,
         });
@@ -277,22 +284,12 @@ impl Sandbox {
         )
         .await
         .map_err(|source| self.spawn_error(source))?;
-        let oom_killed = slot.cgroup().is_some_and(cgroup::Cgroup::oom_killed);
-        drop(workdir);
-        let memory_peak_bytes = slot.cgroup().and_then(cgroup::Cgroup::memory_peak);
-        slot.release().await;
-        let outcome = outcome::classify(&finished, self.profile, oom_killed, &self.limits)
-            .inspect_err(|error| {
-                if let SandboxError::Unavailable(reason) = error {
-                    tracing::error!(reason, "sandbox failed to start the harness");
-                }
-            })?;
+        let usage = slot.release().await;
+        let outcome = outcome::classify(&finished, self.profile, usage.oom_killed, &self.limits)?;
         Ok(Execution {
             outcome,
-            stdout: outcome::decode(finished.stdout),
-            stderr: outcome::decode(finished.stderr),
-            duration: finished.elapsed,
-            memory_peak_bytes,
+            output: outcome::output(finished),
+            memory_peak_bytes: usage.memory_peak_bytes,
         })
     }
 
@@ -371,46 +368,90 @@ impl Sandbox {
         }
     }
 
-    /// The execution's private directory, readable only by root and the slot's gid: the
-    /// harness and the script, and (no mount namespace) a `tmp/` only the slot's uid can use.
-    fn prepare(&self, slot: &Slot, script: &str) -> Result<tempfile::TempDir, SandboxError> {
-        // A full disk is the host's condition, not a fault of ours: 503, and it may pass.
-        let internal = |context| {
-            move |source: io::Error| match source.kind() {
-                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
-                    SandboxError::Unavailable(format!(
-                        "no space left for an execution's files in {}",
-                        self.config.work_root.display()
-                    ))
-                }
-                _ => SandboxError::Internal { context, source },
-            }
-        };
-        let dir = tempfile::Builder::new()
-            .prefix("pyexec-")
-            .tempdir_in(&self.config.work_root)
-            .map_err(internal("creating the execution directory failed"))?;
-        harness::install(dir.path(), script).map_err(internal("writing the script failed"))?;
-        for file in [harness::HARNESS_FILE, harness::SCRIPT_FILE] {
-            let path = dir.path().join(file);
-            chown(&path, None, Some(slot.uid))
-                .map_err(internal("handing the script to the slot's gid failed"))?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640))
-                .map_err(internal("setting the script's mode failed"))?;
-        }
-        if !self.profile.namespaced() {
-            let tmp = dir.path().join(command::TMP_DIR);
-            std::fs::create_dir(&tmp).map_err(internal("creating the execution's tmp failed"))?;
-            chown(&tmp, Some(slot.uid), Some(slot.uid)).map_err(internal(
-                "handing the execution's tmp to the slot's uid failed",
-            ))?;
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o700))
-                .map_err(internal("setting the execution's tmp mode failed"))?;
-        }
-        chown(dir.path(), None, Some(slot.uid))
-            .map_err(internal("handing the directory to the slot's gid failed"))?;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o750))
-            .map_err(internal("setting the execution directory's mode failed"))?;
-        Ok(dir)
+    /// The execution's private directory and, where cgroups are writable, its cgroup: made on
+    /// the blocking pool, since both are file-system work.
+    async fn prepare(
+        &self,
+        uid: u32,
+        script: &Script,
+    ) -> Result<(tempfile::TempDir, Option<cgroup::Cgroup>), SandboxError> {
+        let work_root = self.config.work_root.clone();
+        let namespaced = self.profile.namespaced();
+        let script = script.as_str().to_owned();
+        let cgroups = self.cgroups.clone();
+        let limits = self.limits.clone();
+        blocking(move || {
+            let workdir = workdir(&work_root, namespaced, uid, &script)?;
+            let cgroup = cgroups
+                .map(|cgroups| cgroups.create(&format!("run-{uid}"), &limits))
+                .transpose()
+                .map_err(|source| SandboxError::Internal {
+                    context: "creating the execution's cgroup failed",
+                    source,
+                })?;
+            Ok((workdir, cgroup))
+        })
+        .await?
     }
+}
+
+/// Runs file-system work on the blocking pool, so no async worker waits on a disk (or on a
+/// directory tree a script built).
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, SandboxError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| SandboxError::Internal {
+            context: "a blocking task of the sandbox failed",
+            source: io::Error::other(error),
+        })
+}
+
+/// The execution's private directory, readable only by root and the slot's gid: the harness
+/// and the script, and (no mount namespace) a `tmp/` only the slot's uid can use.
+fn workdir(
+    work_root: &Path,
+    namespaced: bool,
+    uid: u32,
+    script: &str,
+) -> Result<tempfile::TempDir, SandboxError> {
+    // A full disk is the host's condition, not a fault of ours: 503, and it may pass.
+    let internal = |context| {
+        move |source: io::Error| match source.kind() {
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
+                SandboxError::Unavailable(format!(
+                    "no space left for an execution's files in {}",
+                    work_root.display()
+                ))
+            }
+            _ => SandboxError::Internal { context, source },
+        }
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("pyexec-")
+        .tempdir_in(work_root)
+        .map_err(internal("creating the execution directory failed"))?;
+    harness::install(dir.path(), script).map_err(internal("writing the script failed"))?;
+    for file in [harness::HARNESS_FILE, harness::SCRIPT_FILE] {
+        let path = dir.path().join(file);
+        chown(&path, None, Some(uid))
+            .map_err(internal("handing the script to the slot's gid failed"))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640))
+            .map_err(internal("setting the script's mode failed"))?;
+    }
+    if !namespaced {
+        let tmp = dir.path().join(command::TMP_DIR);
+        std::fs::create_dir(&tmp).map_err(internal("creating the execution's tmp failed"))?;
+        chown(&tmp, Some(uid), Some(uid)).map_err(internal(
+            "handing the execution's tmp to the slot's uid failed",
+        ))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o700))
+            .map_err(internal("setting the execution's tmp mode failed"))?;
+    }
+    chown(dir.path(), None, Some(uid))
+        .map_err(internal("handing the directory to the slot's gid failed"))?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o750))
+        .map_err(internal("setting the execution directory's mode failed"))?;
+    Ok(dir)
 }

@@ -3,33 +3,24 @@
 //! the script's exit (from nsjail's log when nsjail supervised it). nsjail's exit code alone
 //! is never trusted: 137 and 255 are exit codes a script can produce too.
 
-use std::fmt;
 use std::os::unix::process::ExitStatusExt;
-use std::time::Duration;
 
 use serde_json::value::RawValue;
 
 use super::SandboxError;
 use super::process::{Captured, Ended, Finished};
 use crate::config::{Limits, Profile};
-use crate::harness::{self, ProtocolError, Reported};
+use crate::failure::{ExitVia, ScriptFailure};
+use crate::harness::{self, Reported};
+use crate::protocol::ScriptOutput;
 
 /// One finished execution: what happened and what the script printed.
 #[derive(Debug)]
 pub struct Execution {
     pub outcome: Outcome,
-    pub stdout: Output,
-    pub stderr: Output,
-    pub duration: Duration,
+    pub output: ScriptOutput,
     /// The most memory the execution's cgroup held, where there was one.
     pub memory_peak_bytes: Option<u64>,
-}
-
-/// Captured output, decoded lossily: invalid UTF-8 becomes U+FFFD.
-#[derive(Debug, Clone, Default)]
-pub struct Output {
-    pub text: String,
-    pub truncated: bool,
 }
 
 /// What the script did.
@@ -38,52 +29,6 @@ pub enum Outcome {
     /// `main()` returned this JSON, exactly as the harness encoded it.
     Returned(Box<RawValue>),
     Failed(ScriptFailure),
-}
-
-/// Every way a script can fail. Each is the caller's to fix, so each is a 400.
-#[derive(Debug, thiserror::Error)]
-pub enum ScriptFailure {
-    #[error("{}", syntax_message(.message, *.line, *.column, .text.as_deref()))]
-    Syntax {
-        message: String,
-        line: Option<u64>,
-        column: Option<u64>,
-        text: Option<String>,
-    },
-    #[error("{message}")]
-    NoMain { message: String },
-    #[error("{message}")]
-    MainRequiresArguments { message: String },
-    #[error("{} {type_name}: {message}{}",
-        if *.during_load { "the script raised, while loading and before main() was called," } else { "main() raised" },
-        .hint.as_ref().map(|hint| format!(" ({hint})")).unwrap_or_default())]
-    Exception {
-        during_load: bool,
-        type_name: String,
-        message: String,
-        traceback: String,
-        hint: Option<String>,
-    },
-    #[error("{message}")]
-    NotSerializable { type_name: String, message: String },
-    #[error("main() returned a result of {bytes} bytes as JSON; the limit is {limit} bytes")]
-    ResultTooLarge { bytes: u64, limit: u64 },
-    #[error("the script called sys.exit({code}) before main() returned")]
-    SysExit { code: serde_json::Value },
-    #[error(
-        "the script exited with status {code} before main() returned (os._exit or a fatal interpreter error; see stderr)"
-    )]
-    Exited { code: i32 },
-    #[error("the script was stopped by signal {signal} ({}) before main() returned; see stderr", signal_name(*.signal))]
-    Crashed { signal: i32 },
-    #[error("the script exceeded the time limit of {} and was stopped", DisplayMs(*.limit_ms))]
-    TimeLimit { limit_ms: u64 },
-    #[error("the script exceeded the memory limit of {} MiB", .limit_bytes >> 20)]
-    MemoryLimit { limit_bytes: u64 },
-    #[error("the script exceeded the CPU time limit of {limit_secs} s and was stopped")]
-    CpuLimit { limit_secs: u64 },
-    #[error("the script's result could not be read ({0}); do not write to file descriptor 3")]
-    UnreadableResult(ProtocolError),
 }
 
 /// How the script's process ended.
@@ -112,21 +57,21 @@ pub fn classify(
     let report = harness::parse(&result.bytes, result.truncated);
     let failure = match *ended {
         Ended::Cancelled => return Err(SandboxError::ShuttingDown),
-        Ended::TimedOut => ScriptFailure::TimeLimit {
-            limit_ms: limits.time_limit_ms,
+        Ended::TimedOut => ScriptFailure::TimeLimitExceeded {
+            time_limit_ms: limits.time_limit_ms,
         },
         Ended::Exited(_) if !report.started => {
             return Err(SandboxError::Unavailable(startup_failure(log, stderr)));
         }
         Ended::Exited(status) => match report.outcome {
-            Some(Ok(reported)) => match reported_failure(reported, limits) {
-                Ok(value) => return Ok(Outcome::Returned(value)),
-                Err(failure) => failure,
+            Some(Ok(Reported::Returned(value))) => return Ok(Outcome::Returned(value)),
+            Some(Ok(Reported::Failed(failure))) => failure,
+            Some(Err(error)) => ScriptFailure::ResultUnreadable {
+                problem: error.to_string(),
             },
-            Some(Err(error)) => ScriptFailure::UnreadableResult(error),
             // The kernel's OOM killer struck in the execution's cgroup: a SIGKILL nobody sent.
-            None if oom_killed => ScriptFailure::MemoryLimit {
-                limit_bytes: limits.memory_bytes,
+            None if oom_killed => ScriptFailure::MemoryLimitExceeded {
+                memory_limit_bytes: limits.memory_bytes,
             },
             None => {
                 let termination = if profile.namespaced() {
@@ -135,62 +80,19 @@ pub fn classify(
                     None
                 };
                 match termination.unwrap_or_else(|| direct_termination(status)) {
-                    Termination::Signaled(SIGXCPU) => ScriptFailure::CpuLimit {
-                        limit_secs: limits.cpu_secs,
+                    Termination::Signaled(SIGXCPU) => ScriptFailure::CpuLimitExceeded {
+                        cpu_limit_secs: limits.cpu_secs,
                     },
-                    Termination::Signaled(signal) => ScriptFailure::Crashed { signal },
-                    Termination::Exited(code) => ScriptFailure::Exited { code },
+                    Termination::Signaled(signal) => ScriptFailure::crashed(signal),
+                    Termination::Exited(code) => ScriptFailure::ScriptExited {
+                        exit_code: code.into(),
+                        via: ExitVia::ExitStatus,
+                    },
                 }
             }
         },
     };
     Ok(Outcome::Failed(failure))
-}
-
-/// The returned value, or the failure the harness reported.
-fn reported_failure(reported: Reported, limits: &Limits) -> Result<Box<RawValue>, ScriptFailure> {
-    Err(match reported {
-        Reported::Returned(value) => return Ok(value),
-        Reported::SyntaxError {
-            message,
-            line,
-            column,
-            text,
-        } => ScriptFailure::Syntax {
-            message,
-            line,
-            column,
-            text,
-        },
-        Reported::NoMain { message } => ScriptFailure::NoMain { message },
-        Reported::MainRequiresArguments { message } => {
-            ScriptFailure::MainRequiresArguments { message }
-        }
-        Reported::Exception {
-            during_load,
-            type_name,
-            message,
-            traceback,
-            hint,
-        } => ScriptFailure::Exception {
-            during_load,
-            type_name,
-            message,
-            traceback,
-            hint,
-        },
-        Reported::Memory => ScriptFailure::MemoryLimit {
-            limit_bytes: limits.memory_bytes,
-        },
-        Reported::Cpu => ScriptFailure::CpuLimit {
-            limit_secs: limits.cpu_secs,
-        },
-        Reported::NotSerializable { type_name, message } => {
-            ScriptFailure::NotSerializable { type_name, message }
-        }
-        Reported::ResultTooLarge { bytes, limit } => ScriptFailure::ResultTooLarge { bytes, limit },
-        Reported::Exit { code } => ScriptFailure::SysExit { code },
-    })
 }
 
 /// Without namespaces nsjail execs into the interpreter: the wait status is the script's own.
@@ -218,16 +120,24 @@ fn supervised_termination(log: &[u8]) -> Option<Termination> {
     })
 }
 
-/// The reason the harness never started, for the operator: nsjail's error lines, else the
+/// The reason the harness never started, for the operator, on one line: nsjail's error lines
+/// (from its log, or from stderr when it failed before reading its flags), else the
 /// interpreter's stderr.
 fn startup_failure(log: &Captured, stderr: &Captured) -> String {
     let log = String::from_utf8_lossy(&log.bytes);
+    let stderr = String::from_utf8_lossy(&stderr.bytes);
     let errors: Vec<&str> = log
         .lines()
+        .chain(stderr.lines())
         .filter(|line| line.starts_with("[E]") || line.starts_with("[F]"))
         .collect();
     let detail = if errors.is_empty() {
-        String::from_utf8_lossy(&stderr.bytes).trim().to_owned()
+        let lines: Vec<&str> = stderr
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        lines.join("; ")
     } else {
         errors.join("; ")
     };
@@ -239,72 +149,35 @@ fn startup_failure(log: &Captured, stderr: &Captured) -> String {
     }
 }
 
-/// Captured bytes as text: invalid UTF-8 becomes U+FFFD.
-pub fn decode(captured: Captured) -> Output {
+/// What the script printed, as text (invalid UTF-8 becomes U+FFFD), and how long it ran.
+pub fn output(finished: Finished) -> ScriptOutput {
+    let (stdout, stdout_truncated) = decode(finished.stdout);
+    let (stderr, stderr_truncated) = decode(finished.stderr);
+    ScriptOutput {
+        stdout,
+        stderr,
+        stdout_truncated,
+        stderr_truncated,
+        duration_ms: crate::telemetry::millis(finished.elapsed),
+    }
+}
+
+fn decode(captured: Captured) -> (String, bool) {
     let text = match String::from_utf8(captured.bytes) {
         Ok(text) => text,
         Err(error) => String::from_utf8_lossy(error.as_bytes()).into_owned(),
     };
-    Output {
-        text,
-        truncated: captured.truncated,
-    }
-}
-
-fn syntax_message(
-    message: &str,
-    line: Option<u64>,
-    column: Option<u64>,
-    text: Option<&str>,
-) -> String {
-    let position = match (line, column) {
-        (Some(line), Some(column)) => format!(" on line {line}, column {column}"),
-        (Some(line), None) => format!(" on line {line}"),
-        _ => String::new(),
-    };
-    let text = text
-        .map(|text| format!(": {}", text.trim()))
-        .unwrap_or_default();
-    format!("syntax error{position}: {message}{text}")
-}
-
-/// The conventional name of a signal, for error messages.
-pub fn signal_name(signal: i32) -> &'static str {
-    match signal {
-        4 => "SIGILL",
-        6 => "SIGABRT",
-        7 => "SIGBUS",
-        8 => "SIGFPE",
-        9 => "SIGKILL",
-        11 => "SIGSEGV",
-        13 => "SIGPIPE",
-        15 => "SIGTERM",
-        24 => "SIGXCPU",
-        25 => "SIGXFSZ",
-        31 => "SIGSYS",
-        _ => "a signal",
-    }
-}
-
-struct DisplayMs(u64);
-
-impl fmt::Display for DisplayMs {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.is_multiple_of(1000) {
-            write!(f, "{} s", self.0 / 1000)
-        } else {
-            write!(f, "{} ms", self.0)
-        }
-    }
+    (text, captured.truncated)
 }
 
 #[cfg(test)]
 mod tests {
     use std::process::ExitStatus;
+    use std::time::Duration;
 
     use super::*;
 
-    const STARTED: &str = "{\"event\": \"started\", \"v\": 1}\n";
+    const STARTED: &str = "{\"event\": \"started\", \"v\": 2}\n";
 
     fn finished(status: Option<i32>, result: &str, log: &str) -> Finished {
         Finished {
@@ -342,10 +215,12 @@ mod tests {
     #[test]
     fn the_deadline_wins_over_everything_else() {
         let failure = failure(&finished(None, "", ""));
-        assert!(matches!(
+        assert_eq!(
             failure,
-            ScriptFailure::TimeLimit { limit_ms: 30_000 }
-        ));
+            ScriptFailure::TimeLimitExceeded {
+                time_limit_ms: 30_000
+            }
+        );
         assert!(
             failure.to_string().contains("time limit of 30 s"),
             "{failure}"
@@ -366,14 +241,30 @@ mod tests {
             panic!()
         };
         assert!(reason.contains("execve('/x') failed"), "{reason}");
+        let on_stderr = Finished {
+            stderr: Captured {
+                bytes: b"[E] config failed\n[W] detail\nmore\n[F] giving up\n".to_vec(),
+                truncated: false,
+            },
+            ..finished(Some(255 << 8), "", "")
+        };
+        let error = classify(&on_stderr, Profile::Strict, false, &Limits::default()).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "the sandbox is unavailable: the jail exited before the harness started: \
+             [E] config failed; [F] giving up"
+        );
     }
 
     #[test]
     fn exit_255_after_starting_is_the_scripts_own_exit() {
         let failure = failure(&finished(Some(255 << 8), STARTED, ""));
-        assert!(
-            matches!(failure, ScriptFailure::Exited { code: 255 }),
-            "{failure:?}"
+        assert_eq!(
+            failure,
+            ScriptFailure::ScriptExited {
+                exit_code: 255.into(),
+                via: ExitVia::ExitStatus
+            }
         );
     }
 
@@ -391,9 +282,12 @@ mod tests {
             false,
             &finished(Some(139 << 8), STARTED, exited),
         );
-        assert!(
-            matches!(failure, ScriptFailure::Exited { code: 139 }),
-            "{failure:?}"
+        assert_eq!(
+            failure,
+            ScriptFailure::ScriptExited {
+                exit_code: 139.into(),
+                via: ExitVia::ExitStatus
+            }
         );
         let signaled =
             "[I] pid=7 ([STANDALONE MODE]) terminated with signal: SIGSEGV (11), (PIDs left: 0)\n";
@@ -402,10 +296,7 @@ mod tests {
             false,
             &finished(Some(139 << 8), STARTED, signaled),
         );
-        assert!(
-            matches!(failure, ScriptFailure::Crashed { signal: 11 }),
-            "{failure:?}"
-        );
+        assert_eq!(failure, ScriptFailure::crashed(11));
     }
 
     #[test]
@@ -427,13 +318,16 @@ mod tests {
 
     #[test]
     fn output_is_decoded_lossily() {
-        let output = decode(Captured {
-            bytes: b"out \xff".to_vec(),
-            truncated: true,
-        });
+        let mut done = finished(Some(0), STARTED, "");
+        done.stdout.truncated = true;
+        let output = output(done);
         assert_eq!(
-            (output.text.as_str(), output.truncated),
-            ("out \u{fffd}", true)
+            (
+                output.stdout.as_str(),
+                output.stdout_truncated,
+                output.duration_ms
+            ),
+            ("out \u{fffd}", true, 5)
         );
     }
 }

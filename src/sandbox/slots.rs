@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
-use super::cgroup::Cgroup;
+use super::cgroup::{Cgroup, CgroupUsage};
 
 /// World-writable directories a script without a mount namespace can leave files in: those of
 /// a Debian image (`/var/lock` is a link to `/run/lock`).
@@ -63,6 +63,13 @@ pub struct Slot {
     pub sweep_files: bool,
     pool: Arc<Slots>,
     permit: Option<(OwnedSemaphorePermit, Ticket)>,
+    held: Held,
+}
+
+/// What an execution holds besides its uid; the slot's sweep removes it, off the async workers.
+#[derive(Debug, Default)]
+struct Held {
+    workdir: Option<tempfile::TempDir>,
     cgroup: Option<Cgroup>,
 }
 
@@ -140,7 +147,7 @@ impl Ticket {
             sweep_files: false,
             pool,
             permit: Some((permit, self)),
-            cgroup: None,
+            held: Held::default(),
         })
     }
 }
@@ -152,35 +159,39 @@ impl Drop for Ticket {
 }
 
 impl Slot {
-    /// Ties the execution's cgroup to the slot, so it is removed by the same sweep.
-    pub fn hold(&mut self, cgroup: Cgroup) {
-        self.cgroup = Some(cgroup);
+    /// Ties the execution's directory and cgroup to the slot, so the same sweep removes them.
+    pub fn hold(&mut self, workdir: tempfile::TempDir, cgroup: Option<Cgroup>) {
+        self.held = Held {
+            workdir: Some(workdir),
+            cgroup,
+        };
     }
 
     pub fn cgroup(&self) -> Option<&Cgroup> {
-        self.cgroup.as_ref()
+        self.held.cgroup.as_ref()
     }
-}
 
-impl Slot {
-    /// Sweeps and frees the slot, returning once nothing of the execution is left: the next
-    /// execution, on any slot, starts from a clean host.
-    pub async fn release(mut self) {
-        if let Some(sweep) = self.sweeper() {
-            let _ = tokio::task::spawn_blocking(sweep).await;
+    /// Sweeps and frees the slot, returning once nothing of the execution is left (the next
+    /// execution, on any slot, starts from a clean host), with what its cgroup measured.
+    pub async fn release(mut self) -> CgroupUsage {
+        match self.sweeper() {
+            Some(sweep) => tokio::task::spawn_blocking(sweep).await.unwrap_or_default(),
+            None => CgroupUsage::default(),
         }
     }
 
     /// The sweep, once: it owns what must outlive the slot until the sweep is done.
-    fn sweeper(&mut self) -> Option<impl FnOnce() + Send + 'static> {
+    fn sweeper(&mut self) -> Option<impl FnOnce() -> CgroupUsage + Send + 'static> {
         let (permit, ticket) = self.permit.take()?;
         let uid = self.uid;
         let pool = Arc::clone(&self.pool);
-        let cgroup = self.cgroup.take();
+        let Held { workdir, cgroup } = std::mem::take(&mut self.held);
         let sweep_files = self.sweep_files;
         Some(move || {
+            let usage = cgroup.as_ref().map(Cgroup::usage).unwrap_or_default();
             drop(cgroup);
             kill_uid(uid);
+            drop(workdir);
             if sweep_files {
                 for dir in SHARED_TMP {
                     remove_files_of(uid, Path::new(dir));
@@ -192,6 +203,7 @@ impl Slot {
                 .push(uid);
             drop(permit);
             drop(ticket);
+            usage
         })
     }
 }
@@ -203,7 +215,7 @@ impl Drop for Slot {
         // Off the async workers: the sweep waits for dying processes and walks directories.
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => drop(runtime.spawn_blocking(sweep)),
-            Err(_) => sweep(),
+            Err(_) => drop(sweep()),
         }
     }
 }

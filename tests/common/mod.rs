@@ -12,6 +12,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use pyexec::config::Profile;
+use pyexec::sandbox::Isolation;
 use pyexec::{AppState, Config, server};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -23,6 +24,10 @@ pub struct TestApp {
     pub work_root: tempfile::TempDir,
     pub config: Config,
     pub profile: Profile,
+    /// What the sandbox found this host allows (profile, limits backend, guarantees).
+    pub isolation: Isolation,
+    /// Where the sandbox makes per-execution cgroups; empty without cgroups.
+    pub cgroup_parents: Vec<std::path::PathBuf>,
     /// Starts the graceful shutdown, as SIGTERM does.
     pub shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     /// The server: done once shut down.
@@ -64,6 +69,8 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Config)) -> TestApp {
         .await
         .expect("the sandbox works: run `make test`, which installs it");
     let profile = state.sandbox.profile();
+    let isolation = state.sandbox.isolation();
+    let cgroup_parents = state.sandbox.cgroup_parents();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (shutdown, signal) = tokio::sync::oneshot::channel::<()>();
@@ -76,6 +83,8 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Config)) -> TestApp {
         work_root,
         config,
         profile,
+        isolation,
+        cgroup_parents,
         shutdown: Some(shutdown),
         server,
     }
@@ -135,24 +144,98 @@ impl TestApp {
             .collect()
     }
 
-    /// Whether a sandbox is running now (no waiting).
-    pub fn sandbox_running(&self) -> bool {
-        slot_uids(&self.config).any(|uid| !processes_of(uid).is_empty())
-    }
-
-    /// Waits (at most 5 s) for a sandbox to start running; panics if none does.
-    pub async fn wait_for_a_sandbox(&self) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while !self.sandbox_running() {
-            assert!(std::time::Instant::now() < deadline, "no sandbox started");
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+    /// Waits (at most 5 s) for `count` sandboxes to be running at once; panics if they never are.
+    pub async fn wait_for_sandboxes(&self, count: usize) {
+        assert!(
+            wait_until(|| self.sandboxes_running() >= count).await,
+            "{count} sandboxes never ran at once"
+        );
     }
 
     /// Processes still running as one of this app's slot uids (see [`processes_left`]).
     pub async fn processes_left(&self) -> Vec<String> {
         processes_left(slot_uids(&self.config)).await
     }
+
+    /// Per-execution cgroups of this app still present, on whichever cgroup version the
+    /// sandbox detected.
+    pub fn leftover_cgroups(&self) -> Vec<String> {
+        leftover_cgroups(&self.cgroup_parents, slot_uids(&self.config))
+    }
+
+    /// How many of this app's slots have a sandbox running now.
+    pub fn sandboxes_running(&self) -> usize {
+        slot_uids(&self.config)
+            .filter(|uid| !processes_of(*uid).is_empty())
+            .count()
+    }
+}
+
+/// Waits (at most 5 s) until `done` holds, so a test waits for a condition instead of
+/// guessing a time; says whether it held.
+pub async fn wait_until(done: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !done() {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    true
+}
+
+/// Groups named after one of `uids` under `parents`.
+pub fn leftover_cgroups(parents: &[std::path::PathBuf], uids: std::ops::Range<u32>) -> Vec<String> {
+    parents
+        .iter()
+        .flat_map(|parent| {
+            uids.clone()
+                .map(move |uid| parent.join(format!("run-{uid}")))
+        })
+        .filter(|dir| dir.exists())
+        .map(|dir| dir.display().to_string())
+        .collect()
+}
+
+/// The router over a sandbox that was never started, for what never reaches a sandbox
+/// (routing, content types, body parsing, validation): no jail, nothing on the host.
+pub fn router_only(customize: impl FnOnce(&mut Config)) -> axum::Router {
+    let mut config = test_config(std::path::Path::new("/nonexistent"));
+    customize(&mut config);
+    pyexec::router(AppState::unstarted(config))
+}
+
+/// Sends one request through `router` (no network) and returns the status, the headers and
+/// the JSON body.
+pub async fn oneshot(
+    router: &axum::Router,
+    request: axum::http::Request<axum::body::Body>,
+) -> (u16, axum::http::HeaderMap, Value) {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let body = serde_json::from_slice(&bytes).unwrap_or_else(|error| {
+        panic!(
+            "body is not JSON ({error}): {:?}",
+            String::from_utf8_lossy(&bytes)
+        )
+    });
+    (status, headers, body)
+}
+
+/// A POST to `/execute` with this content type and body.
+pub fn post_execute(
+    content_type: Option<&str>,
+    body: impl Into<axum::body::Body>,
+) -> axum::http::Request<axum::body::Body> {
+    let mut request = axum::http::Request::post("/execute");
+    if let Some(content_type) = content_type {
+        request = request.header("content-type", content_type);
+    }
+    request.body(body.into()).unwrap()
 }
 
 /// Processes running as one of `uids`, after waiting up to 2 s for killed ones to be reaped
