@@ -119,7 +119,12 @@ async fn readme_lists_every_error_code_the_api_documents() {
     let mut documented: Vec<String> = ["ServiceError", "ScriptFailure"]
         .iter()
         .flat_map(|name| schemas[name]["oneOf"].as_array().unwrap())
-        .map(|variant| variant["properties"]["code"]["enum"][0].as_str().unwrap().to_owned())
+        .map(|variant| {
+            variant["properties"]["code"]["enum"][0]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
     documented.sort();
     let readme =
