@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::http::BodyBudget;
 use crate::sandbox::{Sandbox, StartError};
 
 /// One `Clone` struct of `Arc`s, passed through axum's `State`.
@@ -10,6 +11,8 @@ use crate::sandbox::{Sandbox, StartError};
 pub struct AppState {
     pub config: Arc<Config>,
     pub sandbox: Arc<Sandbox>,
+    /// The room for request bodies being received, shared by every request.
+    pub bodies: Arc<BodyBudget>,
 }
 
 impl AppState {
@@ -29,6 +32,7 @@ impl AppState {
 
     fn with(config: Config, sandbox: Sandbox) -> Self {
         Self {
+            bodies: Arc::new(BodyBudget::new(&config.server)),
             config: Arc::new(config),
             sandbox: Arc::new(sandbox),
         }

@@ -32,11 +32,22 @@ pub struct ServerConfig {
     /// Largest request body read, in bytes; larger bodies get 413 before they are buffered.
     /// Default 1 MiB: room for a 100 KiB script even when JSON escaping inflates it.
     pub max_body_bytes: usize,
+    /// Bytes of request bodies the service receives at once, all requests together (each
+    /// holds what it announces, or `max_body_bytes`); beyond them a request gets 503 `busy`.
+    /// Default 16 MiB.
+    pub body_budget_bytes: usize,
     /// A client must send a request's headers within this, in milliseconds, or the connection
-    /// is closed (slowloris). Default 10,000.
+    /// is closed (slowloris); a new connection must bring its first request within it too.
+    /// Default 10,000.
     pub header_read_timeout_ms: u64,
-    /// ... and its body within this (408 otherwise). Default 10,000.
+    /// ... and its whole body within this (408 otherwise), however it trickles. Default 10,000.
     pub body_read_timeout_ms: u64,
+    /// A connection with no request for this long is closed (keep-alive HTTP/1.1, HTTP/2).
+    /// Default 60,000.
+    pub idle_timeout_ms: u64,
+    /// Connections open at once; beyond them a new one is answered 503 and closed at once.
+    /// Default 1,000, and never more than the open-files limit allows.
+    pub max_connections: usize,
     /// After SIGTERM, in-flight executions get this long to finish before they are stopped
     /// and answered 503. Default 8,000: under Cloud Run's 10 s. Env `PYEXEC_SHUTDOWN_GRACE_MS`.
     pub shutdown_grace_ms: u64,
@@ -62,12 +73,14 @@ pub struct SandboxConfig {
     /// policy (`seccomp.kafel`). Default `nsjail`, relative to the working directory;
     /// env `PYEXEC_PROFILE_DIR`.
     pub profile_dir: PathBuf,
-    /// Where each execution's private directory is created. Default `/tmp`; env `PYEXEC_WORK_ROOT`.
+    /// Where the instance's directory (`pyexec-<block>`) holding each execution's private
+    /// directory is made. Default `/tmp`; env `PYEXEC_WORK_ROOT`.
     pub work_root: PathBuf,
-    /// Executions run as host uid = gid = `uid_base + slot`, one slot per concurrent
-    /// execution, so no two running scripts share a uid and everything a finished one left
-    /// behind can be found and removed by uid. Those ids must belong to nothing else on the
-    /// host. Default 990000.
+    /// The first of 64 blocks of 1000 uids. Each instance on the host takes the first free
+    /// block for as long as it runs, and its executions run as host uid = gid = block + slot,
+    /// one slot per concurrent execution, so no two running scripts share a uid and everything
+    /// a finished one left behind can be found and removed by uid. Those ids must belong to
+    /// nothing else on the host. Default 990000.
     pub uid_base: u32,
     /// Bound each execution's memory and processes with a cgroup of its own where the host
     /// lets the service create one (default true). False forces rlimits only, which is all
@@ -192,8 +205,11 @@ impl Default for ServerConfig {
             port: 8080,
             log_format: LogFormat::Text,
             max_body_bytes: 1024 * 1024,
+            body_budget_bytes: 16 << 20,
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            max_connections: 1000,
             shutdown_grace_ms: 8_000,
         }
     }
@@ -251,6 +267,10 @@ impl ServerConfig {
 
     pub fn body_read_timeout(&self) -> Duration {
         Duration::from_millis(self.body_read_timeout_ms)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
     }
 
     pub fn shutdown_grace(&self) -> Duration {
@@ -371,6 +391,23 @@ impl Config {
             (
                 self.server.max_body_bytes < limits.script_bytes,
                 "server.max_body_bytes must be at least limits.script_bytes",
+            ),
+            (
+                self.server.body_budget_bytes < self.server.max_body_bytes
+                    || u32::try_from(self.server.body_budget_bytes).is_err(),
+                "server.body_budget_bytes must be at least server.max_body_bytes, and below 4 GiB",
+            ),
+            (
+                self.server.max_connections == 0,
+                "server.max_connections must be at least 1",
+            ),
+            (
+                self.sandbox.concurrency() > 1000,
+                "sandbox.max_concurrency must be at most 1000 (a block of uids)",
+            ),
+            (
+                self.sandbox.uid_base > u32::MAX - 64_000,
+                "sandbox.uid_base leaves no room for 64 blocks of 1000 uids",
             ),
             (
                 limits.result_bytes == 0,

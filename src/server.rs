@@ -1,33 +1,61 @@
-//! Serving connections: the accept loop, per-connection limits axum's `serve` does not offer
-//! (a header read timeout against slowloris clients), and graceful shutdown: stop accepting,
-//! give in-flight executions a grace period, then stop them, so every request is answered
-//! and the process exits before Cloud Run's SIGKILL.
+//! Serving connections: the accept loop and what axum's `serve` does not offer. Every
+//! connection costs a descriptor and some memory, so none is kept for nothing: a cap on open
+//! connections below the open-files limit (beyond it a new connection gets a canned 503 and is
+//! closed, before any parsing), a deadline for a new connection's first request (which covers
+//! protocol detection and a preface sent a byte at a time), an idle timeout between requests
+//! (keep-alive HTTP/1.1 and HTTP/2 alike, counted in requests, not bytes, so trickled pings
+//! keep nothing open), HTTP/1 header and HTTP/2 keep-alive timeouts. Then graceful shutdown:
+//! stop accepting, give in-flight and queued executions a grace period, then stop them, so
+//! every request is answered and the process exits before Cloud Run's SIGKILL.
 
 use std::future::Future;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 
 use crate::app::AppState;
 use crate::http::router;
+use crate::protocol::{ErrorBody, ErrorDetails, ServiceError};
 
 /// How long stopped executions get to send their 503 once the grace period is over.
 const ANSWER_AFTER_CANCEL: Duration = Duration::from_secs(3);
 /// Pause after a failed accept (out of file descriptors, say) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// Descriptors kept for everything but connections: executions' pipes and files, logs.
+const RESERVED_FDS: usize = 256;
+/// HTTP/2 streams per connection: requests beyond the sandbox's queue are refused anyway.
+const MAX_STREAMS: u32 = 32;
+/// HTTP/2 pings find peers that vanished without a word.
+const H2_KEEP_ALIVE: Duration = Duration::from_secs(20);
 
 /// Serves `state`'s API on `listener` until `shutdown` completes, then drains.
 pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()>) {
     let app = router(state.clone());
+    let server = &state.config.server;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(state.config.server.header_read_timeout());
+        .header_read_timeout(server.header_read_timeout());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS)
+        .keep_alive_interval(H2_KEEP_ALIVE)
+        .keep_alive_timeout(H2_KEEP_ALIVE);
+    let max_connections = connection_cap(server.max_connections);
+    let connections = Arc::new(Semaphore::new(max_connections));
+    let full = busy_answer();
+    let timeouts = Timeouts {
+        first_request: server.header_read_timeout(),
+        idle: server.idle_timeout(),
+    };
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -42,30 +70,167 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
             },
             () = &mut shutdown => break,
         };
-        let service = TowerToHyperService::new(app.clone());
+        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+            refuse(&stream, &full);
+            continue;
+        };
+        let activity = Arc::new(Activity::new());
+        let service = {
+            let (app, activity) = (app.clone(), Arc::clone(&activity));
+            hyper::service::service_fn(move |request| {
+                let (app, busy) = (app.clone(), activity.begin());
+                async move {
+                    let response = tower::ServiceExt::oneshot(app, request).await;
+                    drop(busy);
+                    response
+                }
+            })
+        };
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         let connection = graceful.watch(connection.into_owned());
         tokio::spawn(async move {
-            // Errors here are a client's (reset, timed out headers); the request was logged.
-            let _ = connection.await;
+            tokio::select! {
+                // Errors here are a client's (reset, timed out headers); requests were logged.
+                _ = connection => {}
+                () = activity.expired(timeouts) => {}
+            }
+            drop(permit);
         });
     }
     drop(listener);
     drain(graceful, &state).await;
 }
 
-/// Lets in-flight requests finish within the grace period, then stops their executions.
+/// How long a connection may go without a request in flight.
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    /// From the connection's start to its first request.
+    first_request: Duration,
+    /// From the end of one request to the start of the next.
+    idle: Duration,
+}
+
+/// A connection's requests: how many are in flight, and since when none is.
+#[derive(Debug)]
+struct Activity {
+    in_flight: AtomicUsize,
+    /// When the connection last had no request in flight, and whether it ever had one.
+    quiet: Mutex<(Instant, bool)>,
+}
+
+/// A request in flight; its drop records the end.
+struct Busy(Arc<Activity>);
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            quiet: Mutex::new((Instant::now(), false)),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.quiet.lock().unwrap_or_else(PoisonError::into_inner).1 = true;
+        Busy(Arc::clone(self))
+    }
+
+    /// Completes once the connection has been without a request for its timeout.
+    async fn expired(&self, timeouts: Timeouts) {
+        loop {
+            let (since, served) = *self.quiet.lock().unwrap_or_else(PoisonError::into_inner);
+            let limit = if served {
+                timeouts.idle
+            } else {
+                timeouts.first_request
+            };
+            let deadline = since + limit;
+            if self.in_flight.load(Ordering::SeqCst) == 0 && Instant::now() >= deadline {
+                return;
+            }
+            // Busy or not yet due: look again when it could be due at the earliest.
+            let next = if Instant::now() < deadline {
+                deadline
+            } else {
+                Instant::now() + limit
+            };
+            tokio::time::sleep_until(next.into()).await;
+        }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0
+                .quiet
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .0 = Instant::now();
+        }
+    }
+}
+
+/// The configured cap, lowered to what the open-files limit allows (raised to its hard
+/// limit first, as a server should).
+fn connection_cap(configured: usize) -> usize {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        let _ = setrlimit(Resource::Nofile, limit);
+        limit = getrlimit(Resource::Nofile);
+    }
+    let allowed = limit
+        .current
+        .and_then(|files| usize::try_from(files).ok())
+        .map_or(usize::MAX, |files| {
+            files.saturating_sub(RESERVED_FDS).max(1)
+        });
+    if configured > allowed {
+        tracing::warn!(
+            configured,
+            allowed,
+            "server.max_connections is above what the open-files limit allows; using the lower"
+        );
+    }
+    configured.min(allowed)
+}
+
+/// The whole HTTP/1.1 answer to a connection over the cap: 503 `busy`, then close.
+fn busy_answer() -> Vec<u8> {
+    let body = ErrorBody {
+        error: "the service is busy: too many open connections; retry shortly".to_owned(),
+        details: ErrorDetails::Service(ServiceError::Busy),
+    };
+    let body = serde_json::to_string(&body).unwrap_or_default();
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Answers and closes without reading: a new socket's send buffer takes the answer at once,
+/// and if it does not, the close alone says enough.
+fn refuse(stream: &TcpStream, answer: &[u8]) {
+    let _ = stream.try_write(answer);
+}
+
+/// Lets in-flight and queued requests finish within the grace period, then stops their
+/// executions.
 async fn drain(graceful: GracefulShutdown, state: &AppState) {
     let sandbox = &state.sandbox;
     sandbox.stop_admitting();
     let grace = state.config.server.shutdown_grace();
     tracing::info!(
         grace_ms = grace.as_millis(),
-        "shutting down: finishing in-flight requests"
+        "shutting down: finishing in-flight and queued requests"
     );
     let mut drained = std::pin::pin!(graceful.shutdown());
     if tokio::time::timeout(grace, &mut drained).await.is_err() {
-        tracing::warn!("grace period over: stopping the executions still running");
+        tracing::warn!("grace period over: stopping the executions still running or queued");
         sandbox.cancel_running();
         if tokio::time::timeout(ANSWER_AFTER_CANCEL, drained)
             .await

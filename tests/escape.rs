@@ -585,8 +585,8 @@ fn fill(script: &str, app: &TestApp, before: &str) -> String {
     script
         .replace("{SERVICE_PID}", &std::process::id().to_string())
         .replace("{SERVICE_PORT}", &app.addr.port().to_string())
-        .replace("{NONCE}", &app.config.sandbox.uid_base.to_string())
-        .replace("{UID_BASE}", &app.config.sandbox.uid_base.to_string())
+        .replace("{NONCE}", &app.uids.start.to_string())
+        .replace("{UID_BASE}", &app.uids.start.to_string())
         .replace("{UNIX_SOCKET}", &unix_socket_name(app))
         .replace("{BEFORE}", before)
 }
@@ -608,7 +608,7 @@ fn mismatch(expect: Expect, status: u16, body: &Value) -> Option<String> {
 
 /// The name of the Unix sockets the suite listens on, abstract and in the host's `/tmp`.
 fn unix_socket_name(app: &TestApp) -> String {
-    format!("pyexec-escape-{}.sock", app.config.sandbox.uid_base)
+    format!("pyexec-escape-{}.sock", app.uids.start)
 }
 
 /// Host Unix sockets a script must not reach: one abstract (no permission check at all) and

@@ -86,10 +86,9 @@ async fn a_sandbox_that_does_not_work_at_all_starts_unhealthy_on_the_stronger_pr
 fn start_binary(toml: &str, env: &[(&str, &str)]) -> (Option<i32>, Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.toml");
-    let uid_base = 1_500_000 + (std::process::id() % 1000) * 10;
     let config = format!(
         "[server]\nhost = \"127.0.0.1\"\nport = 0\n[sandbox]\nprofile_dir = \"{}/nsjail\"\n\
-         work_root = \"{}\"\nuid_base = {uid_base}\nmax_concurrency = 1\n{toml}",
+         work_root = \"{}\"\nmax_concurrency = 1\n{toml}",
         env!("CARGO_MANIFEST_DIR"),
         dir.path().display()
     );

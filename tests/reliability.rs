@@ -92,40 +92,182 @@ async fn a_request_that_waits_too_long_for_a_sandbox_gets_503() {
     assert_eq!(long.await.unwrap().0, 200);
 }
 
+/// Sends `head` and then `body` one byte every `every`, in a task of its own; the answer's first
+/// line arrives when the task ends (empty if the server hung up without one).
+fn trickle(
+    addr: std::net::SocketAddr,
+    body_len: usize,
+    every: Duration,
+) -> tokio::task::JoinHandle<String> {
+    tokio::spawn(async move {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST /execute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {body_len}\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let (mut reader, mut writer) = stream.into_split();
+        let sender = tokio::spawn(async move {
+            for _ in 0..body_len {
+                if writer.write_all(b" ").await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(every).await;
+            }
+        });
+        let mut answer = Vec::new();
+        let _ = reader.read_to_end(&mut answer).await;
+        sender.abort();
+        String::from_utf8_lossy(&answer)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_owned()
+    })
+}
+
+/// Whether the server closes `stream` (without an answer) within `within`.
+async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    let mut buffer = [0; 1024];
+    loop {
+        match tokio::time::timeout(within, stream.read(&mut buffer)).await {
+            Err(_elapsed) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
 #[tokio::test]
-async fn a_request_that_cannot_be_admitted_is_refused_before_its_body_is_read() {
+async fn a_trickled_body_is_cut_off_at_the_whole_body_deadline() {
+    let app = spawn_app_with(|config| config.server.body_read_timeout_ms = 600).await;
+    let started = Instant::now();
+    // 4,000 bytes at a byte every 100 ms: each chunk is quick, the whole is not.
+    let answer = trickle(app.addr, 4000, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_bodies_hold_no_sandbox_and_no_queue_place() {
     let app = spawn_app_with(|config| {
         config.sandbox.max_concurrency = 1;
         config.sandbox.max_queue = 0;
-        config.server.body_read_timeout_ms = 5000;
+        config.server.body_read_timeout_ms = 4000;
     })
     .await;
-    let busy = app.spawn_execute(&sleep_for(2.0));
-    app.wait_for_sandboxes(1).await;
-    // Announces a large body and sends a few bytes of it: the answer must not wait for the rest.
-    let mut stream = TcpStream::connect(app.addr).await.unwrap();
-    let head = "POST /execute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 500000\r\n\r\n{\"script\": \"";
-    stream.write_all(head.as_bytes()).await.unwrap();
-    let started = Instant::now();
-    let mut answer = Vec::new();
-    let mut chunk = [0; 4096];
-    while !String::from_utf8_lossy(&answer).contains("\"code\"") {
-        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(n > 0, "closed without an answer");
-        answer.extend_from_slice(&chunk[..n]);
+    let tricklers: Vec<_> = (0..8)
+        .map(|_| trickle(app.addr, 4000, Duration::from_millis(200)))
+        .collect();
+    let (status, body) = app.execute("def main():\n    return 'through'\n").await;
+    assert_eq!(
+        (status, &body["result"]),
+        (200, &json!("through")),
+        "{body}"
+    );
+    for trickler in tricklers {
+        assert!(trickler.await.unwrap().starts_with("HTTP/1.1 408"));
     }
-    let answer = String::from_utf8_lossy(&answer);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_beyond_the_budget_are_refused_at_once() {
+    let app = spawn_app_with(|config| {
+        config.server.max_body_bytes = 200_000;
+        config.server.body_budget_bytes = 200_000;
+        config.server.body_read_timeout_ms = 3000;
+    })
+    .await;
+    // Two bodies that each announce more than half the budget and trickle: whichever comes
+    // second cannot have room, and is told so before sending its body.
+    let started = Instant::now();
+    let first = trickle(app.addr, 150_000, Duration::from_millis(100));
+    let second = trickle(app.addr, 150_000, Duration::from_millis(100));
+    let (first, second) = (first.await.unwrap(), second.await.unwrap());
+    let mut answers = [first.as_str(), second.as_str()];
+    answers.sort_unstable();
+    assert!(
+        answers[0].starts_with("HTTP/1.1 408") && answers[1].starts_with("HTTP/1.1 503"),
+        "{answers:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(6));
+    // The room comes back: a small body fits.
+    assert_eq!(app.execute("def main():\n    return 1\n").await.0, 200);
+}
+
+#[tokio::test]
+async fn a_connection_that_brings_no_request_is_closed_at_the_deadline() {
+    let app = spawn_app_with(|config| config.server.header_read_timeout_ms = 300).await;
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    // An empty SETTINGS frame: the h2c preface is complete, then nothing.
+    const SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
+    let cases: [(&str, Vec<u8>); 3] = [
+        ("nothing", Vec::new()),
+        ("23 bytes of the HTTP/2 preface", PREFACE[..23].to_vec()),
+        ("the h2c preface and SETTINGS", [PREFACE, SETTINGS].concat()),
+    ];
+    for (what, sent) in cases {
+        let mut stream = TcpStream::connect(app.addr).await.unwrap();
+        stream.write_all(&sent).await.unwrap();
+        assert!(
+            closed_within(&mut stream, Duration::from_secs(3)).await,
+            "{what}: still open"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed() {
+    let app = spawn_app_with(|config| config.server.idle_timeout_ms = 300).await;
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = [0; 4096];
+    let n = stream.read(&mut answer).await.unwrap();
+    assert!(answer[..n].starts_with(b"HTTP/1.1 200"));
+    let started = Instant::now();
+    assert!(closed_within(&mut stream, Duration::from_secs(3)).await);
+    assert!(started.elapsed() >= Duration::from_millis(250));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_get_503_at_once_and_idle_ones_are_reclaimed() {
+    let app = spawn_app_with(|config| {
+        config.server.max_connections = 20;
+        config.server.header_read_timeout_ms = 1000;
+    })
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        idle.push(TcpStream::connect(app.addr).await.unwrap());
+    }
+    let mut refused = TcpStream::connect(app.addr).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(2), refused.read_to_string(&mut answer))
+        .await
+        .expect("answered at once")
+        .unwrap();
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("\"code\":\"busy\""), "{answer}");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "answered without waiting for the body: {:?}",
-        started.elapsed()
-    );
-    assert_eq!(busy.await.unwrap().0, 200);
+    // The idle ones are closed at their deadline, and the service answers again.
+    let reclaimed = || async {
+        reqwest::get(app.url("/health"))
+            .await
+            .is_ok_and(|response| response.status() == 200)
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !reclaimed().await {
+        assert!(Instant::now() < deadline, "still refused");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(idle);
 }
 
 #[tokio::test]
@@ -229,13 +371,16 @@ async fn a_sandbox_killed_from_outside_fails_only_its_own_request() {
         "import subprocess\ndef main():\n    subprocess.run(['/bin/sleep', '20'])\n    return 'woke'\n",
     );
     let sleeping = || {
-        common::slot_uids(&app.config)
+        app.uids
+            .clone()
             .flat_map(common::processes_of)
             .any(|process| process.ends_with("Name:\tsleep"))
     };
     assert!(common::wait_until(sleeping).await, "the script never ran");
     let bystander = app.spawn_execute(&sleep_for(0.5));
-    let pids: Vec<i32> = common::slot_uids(&app.config)
+    let pids: Vec<i32> = app
+        .uids
+        .clone()
         .flat_map(common::processes_of)
         .filter(|process| !process.ends_with("Name:\tsleep"))
         .map(|process| process.split(':').next().unwrap().parse().unwrap())
@@ -277,6 +422,26 @@ async fn a_full_disk_is_503() {
         "{body}"
     );
     drop(app);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_runs_queued_requests_within_the_grace() {
+    let mut app = spawn_app_with(|config| {
+        config.sandbox.max_concurrency = 1;
+        config.server.shutdown_grace_ms = 8000;
+    })
+    .await;
+    let requests: Vec<_> = (0..3).map(|_| app.spawn_execute(&sleep_for(1.0))).collect();
+    app.wait_for_sandboxes(1).await;
+    app.shutdown.take().unwrap().send(()).unwrap();
+    for request in requests {
+        let (status, body) = request.await.unwrap();
+        assert_eq!((status, &body["result"]), (200, &json!("slept")), "{body}");
+    }
+    tokio::time::timeout(Duration::from_secs(5), &mut app.server)
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,12 +33,12 @@ struct Service {
 
 impl Service {
     /// `extra` is appended to the `[sandbox]` table (and may open `[limits]`).
-    fn start(uid_base: u32, extra: &str, env: &[(&str, &str)]) -> Self {
+    fn start(extra: &str, env: &[(&str, &str)]) -> Self {
         let work_root = tempfile::tempdir().unwrap();
         let config_dir = tempfile::tempdir().unwrap();
         let config = format!(
             "[server]\nhost = \"127.0.0.1\"\nport = 0\nlog_format = \"json\"\n\
-             [sandbox]\nprofile_dir = \"{}/nsjail\"\nwork_root = \"{}\"\nuid_base = {uid_base}\n\
+             [sandbox]\nprofile_dir = \"{}/nsjail\"\nwork_root = \"{}\"\n\
              max_concurrency = 2\n{extra}",
             env!("CARGO_MANIFEST_DIR"),
             work_root.path().display(),
@@ -63,25 +63,31 @@ impl Service {
                 let Ok(event) = serde_json::from_str::<Value>(&line) else {
                     continue;
                 };
-                let field = match event["message"].as_str() {
-                    Some("sandbox ready") => "cgroups",
-                    Some("listening") => "addr",
+                let fields: &[&str] = match event["message"].as_str() {
+                    Some("sandbox ready") => &["uids", "cgroups"],
+                    Some("listening") => &["addr"],
                     _ => continue,
                 };
-                let _ = tx.send(event[field].as_str().unwrap().to_owned());
+                for field in fields {
+                    let _ = tx.send(event[field].as_str().unwrap().to_owned());
+                }
             }
         });
         let next = || {
             rx.recv_timeout(Duration::from_secs(30))
                 .expect("the service started")
         };
-        // The list's Debug form; paths under /sys/fs/cgroup are plain, so it reads as JSON.
+        // The range's and the list's Debug forms: `first..end`, and (paths under
+        // /sys/fs/cgroup being plain) a JSON array.
+        let uids = next();
+        let (first, end) = uids.split_once("..").unwrap();
+        let uids = first.parse().unwrap()..end.parse().unwrap();
         let cgroup_parents = serde_json::from_str(&next()).unwrap();
         let addr = next().parse().unwrap();
         Self {
             child,
             addr,
-            uids: uid_base..uid_base + 2,
+            uids,
             cgroup_parents,
             work_root,
             _config_dir: config_dir,
@@ -128,7 +134,7 @@ impl Service {
     }
 
     fn cgroups(&self) -> usize {
-        common::leftover_cgroups(&self.cgroup_parents, self.uids.clone()).len()
+        common::leftover_cgroups(&self.cgroup_parents).len()
     }
 
     /// Established TCP connections to the service (IPv4 loopback, as the tests connect).
@@ -145,8 +151,13 @@ impl Service {
             .count()
     }
 
+    /// Execution directories left (the instance's own directory holds them).
     fn temp_dirs(&self) -> usize {
-        std::fs::read_dir(self.work_root.path()).unwrap().count()
+        std::fs::read_dir(self.work_root.path())
+            .unwrap()
+            .flatten()
+            .map(|dir| std::fs::read_dir(dir.path()).unwrap().count())
+            .sum()
     }
 
     fn url(&self) -> String {
@@ -223,9 +234,7 @@ fn mixed(i: usize) -> (String, u16, &'static str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_thousand_mixed_executions_leak_nothing() {
     const REQUESTS: usize = 2000;
-    let uid_base = 1_400_000 + (std::process::id() % 1000) * 10;
     let service = Service::start(
-        uid_base,
         "max_queue = 64\nqueue_timeout_ms = 120000\n[limits]\ntime_limit_ms = 1000\nmemory_bytes = 134217728\n",
         &[],
     );
@@ -299,12 +308,7 @@ async fn two_thousand_mixed_executions_leak_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_under_load_answers_every_request_and_exits_0() {
-    let uid_base = 1_450_000 + (std::process::id() % 1000) * 10;
-    let service = Service::start(
-        uid_base,
-        "max_queue = 8\n",
-        &[("PYEXEC_SHUTDOWN_GRACE_MS", "1500")],
-    );
+    let service = Service::start("max_queue = 8\n", &[("PYEXEC_SHUTDOWN_GRACE_MS", "1500")]);
     let client = reqwest::Client::new();
     let requests: Vec<_> = (0..16)
         .map(|i| {

@@ -36,6 +36,9 @@ pub enum ApiError {
     ScriptFailed(Box<FailedScript>),
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    /// Too much at once in front of the sandbox (bodies, connections): retry shortly.
+    #[error("the service is busy: {0}; retry shortly")]
+    Busy(&'static str),
     #[error("no such endpoint: GET / lists the endpoints")]
     NotFound,
     #[error("method not allowed here: GET / lists each endpoint's method")]
@@ -66,6 +69,7 @@ impl ApiError {
             Self::Sandbox(
                 SandboxError::Unavailable(_) | SandboxError::Busy(_) | SandboxError::ShuttingDown,
             )
+            | Self::Busy(_)
             | Self::TooSlow => StatusCode::SERVICE_UNAVAILABLE,
             Self::Sandbox(SandboxError::Internal { .. }) | Self::Internal => {
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -95,7 +99,7 @@ impl ApiError {
             Self::Sandbox(SandboxError::Unavailable(_)) => ServiceError::SandboxUnavailable {
                 status: HealthStatus::Unhealthy,
             },
-            Self::Sandbox(SandboxError::Busy(_)) => ServiceError::Busy,
+            Self::Sandbox(SandboxError::Busy(_)) | Self::Busy(_) => ServiceError::Busy,
             Self::Sandbox(SandboxError::ShuttingDown) => ServiceError::ShuttingDown,
             Self::Sandbox(SandboxError::Internal { .. }) | Self::Internal | Self::TooSlow => {
                 ServiceError::InternalError
@@ -145,27 +149,12 @@ impl From<JsonRejection> for ApiError {
             {
                 Self::BodyTooLarge
             }
-            JsonRejection::BytesRejection(error) if caused_by_body_timeout(&error) => {
-                Self::BodyTimeout
-            }
             other => Self::Other {
                 status: other.status(),
                 message: other.body_text(),
             },
         }
     }
-}
-
-/// Whether reading the body failed because the client was too slow (`RequestBodyTimeoutLayer`).
-fn caused_by_body_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(error);
-    while let Some(error) = cause {
-        if error.is::<tower_http::timeout::TimeoutError>() {
-            return true;
-        }
-        cause = error.source();
-    }
-    false
 }
 
 impl IntoResponse for ApiError {
@@ -182,7 +171,7 @@ impl IntoResponse for ApiError {
             self.to_string()
         };
         let retry_after = match &self {
-            Self::Sandbox(SandboxError::Busy(_)) => Some(RETRY_AFTER_BUSY_SECS),
+            Self::Sandbox(SandboxError::Busy(_)) | Self::Busy(_) => Some(RETRY_AFTER_BUSY_SECS),
             _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(RETRY_AFTER_SECS),
             _ => None,
         };

@@ -1,11 +1,10 @@
 //! `POST /execute`: admit, extract, validate, run, answer.
 
-use axum::extract::{FromRequest, Request, State};
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 
 use super::error::ApiError;
-use super::extract::AppJson;
 use super::log::Usage;
 use crate::app::AppState;
 use crate::protocol::{ErrorBody, ExecuteRequest, ExecuteResponse, FailedScript};
@@ -31,11 +30,11 @@ pub(super) async fn execute(
     State(state): State<AppState>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    // Admitted before the body is read: when every sandbox and queue place is taken the
-    // answer is 503 at once, and no more bodies are held than there are places.
-    let ticket = state.sandbox.admit()?;
-    let AppJson(body) = AppJson::<ExecuteRequest>::from_request(request, &state).await?;
+    let body: ExecuteRequest = state.bodies.read_json(request).await?;
     let script = validate(body.script, state.config.limits.script_bytes)?;
+    // Admitted only once the body is in, so a slow client holds no sandbox and no queue place:
+    // the queue holds whole requests, at most `max_queue` of them.
+    let ticket = state.sandbox.admit()?;
     let Execution {
         outcome,
         output,

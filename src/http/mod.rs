@@ -17,10 +17,11 @@ use axum::routing::{get, post};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
+use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
+pub use extract::BodyBudget;
 
 use crate::app::AppState;
 use crate::telemetry;
@@ -36,7 +37,6 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(server.max_body_bytes))
-        .layer(RequestBodyTimeoutLayer::new(server.body_read_timeout()))
         // Each `Router::layer` wraps the ones before it, so these run innermost first. They are
         // separate calls because each turns its body type back into axum's, which the JSON
         // backstop needs: it must see the timeout's and the panic handler's responses.

@@ -18,7 +18,7 @@ use super::profile::LimitsBackend;
 use crate::config::Limits;
 
 const ROOT: &str = "/sys/fs/cgroup";
-/// The name of the service's parent group.
+/// The name of the group all instances' subtrees live in.
 const PARENT: &str = "pyexec";
 
 /// Where per-execution groups are made.
@@ -47,17 +47,30 @@ pub struct Cgroup {
 }
 
 impl Cgroups {
-    /// Finds writable cgroups, creates the service's parent group and proves a child group
-    /// with limits can be made. The error says why not, for the start-up log.
-    /// `probe` names the trial group (unique per service, as several may share a host).
-    pub fn detect(limits: &Limits, probe: &str) -> Result<Self, String> {
+    /// Finds writable cgroups, creates the instance's subtree (`pyexec/<subtree>`, named after
+    /// its uid block, so it is this instance's alone), removes the groups an earlier holder
+    /// left in it, and proves a child group with limits can be made. The error says why not,
+    /// for the start-up log.
+    pub fn detect(limits: &Limits, subtree: &str) -> Result<Self, String> {
         let found = if Path::new(ROOT).join("cgroup.controllers").exists() {
-            detect_v2()?
+            detect_v2(subtree)?
         } else {
-            detect_v1()?
+            detect_v1(subtree)?
         };
+        let v2 = matches!(found, Self::V2 { .. });
+        for parent in found.parents() {
+            let Ok(children) = std::fs::read_dir(&parent) else {
+                continue;
+            };
+            for child in children.flatten().filter(|child| child.path().is_dir()) {
+                drop(Cgroup {
+                    dirs: vec![child.path()],
+                    v2,
+                });
+            }
+        }
         found
-            .create(probe, limits)
+            .create("probe", limits)
             .map_err(|error| format!("cannot create a cgroup with limits: {error}"))?;
         Ok(found)
     }
@@ -214,7 +227,7 @@ fn create_fresh(dir: &Path) -> io::Result<()> {
     }
 }
 
-fn detect_v1() -> Result<Cgroups, String> {
+fn detect_v1(subtree: &str) -> Result<Cgroups, String> {
     let memory = Path::new(ROOT).join("memory");
     let pids = Path::new(ROOT).join("pids");
     for (controller, dir) in [("memory", &memory), ("pids", &pids)] {
@@ -225,7 +238,10 @@ fn detect_v1() -> Result<Cgroups, String> {
             ));
         }
     }
-    let (memory, pids) = (memory.join(PARENT), pids.join(PARENT));
+    let (memory, pids) = (
+        memory.join(PARENT).join(subtree),
+        pids.join(PARENT).join(subtree),
+    );
     for dir in [&memory, &pids] {
         std::fs::create_dir_all(dir)
             .map_err(|error| format!("cannot create {}: {error}", dir.display()))?;
@@ -236,7 +252,7 @@ fn detect_v1() -> Result<Cgroups, String> {
 /// cgroup v2 allows controllers only in groups without processes of their own, so where the
 /// service's own group must delegate (a container's root), the service first moves its
 /// processes into a leaf group, as container init systems do.
-fn detect_v2() -> Result<Cgroups, String> {
+fn detect_v2(subtree: &str) -> Result<Cgroups, String> {
     let own = std::fs::read_to_string("/proc/self/cgroup")
         .map_err(|error| format!("/proc/self/cgroup: {error}"))?;
     let own = own
@@ -269,14 +285,19 @@ fn detect_v2() -> Result<Cgroups, String> {
             )
         })?;
     }
-    let parent = base.join(PARENT);
-    std::fs::create_dir_all(&parent)
-        .map_err(|error| format!("cannot create {}: {error}", parent.display()))?;
-    enable(&parent).map_err(|error| {
-        format!(
-            "cannot delegate memory and pids in {}: {error}",
-            parent.display()
-        )
-    })?;
+    let mut parent = base.join(PARENT);
+    for level in [None, Some(subtree)] {
+        if let Some(name) = level {
+            parent = parent.join(name);
+        }
+        std::fs::create_dir_all(&parent)
+            .map_err(|error| format!("cannot create {}: {error}", parent.display()))?;
+        enable(&parent).map_err(|error| {
+            format!(
+                "cannot delegate memory and pids in {}: {error}",
+                parent.display()
+            )
+        })?;
+    }
     Ok(Cgroups::V2 { parent })
 }

@@ -39,6 +39,9 @@ const THREAD_ENV: [&str; 4] = [
     "NUMEXPR_NUM_THREADS=1",
 ];
 
+/// Starts its command in a new session (util-linux, in every Debian image).
+pub const SETSID: &str = "/usr/bin/setsid";
+
 /// Everything that varies between executions.
 #[derive(Debug)]
 pub struct Run<'a> {
@@ -53,18 +56,18 @@ pub struct Run<'a> {
     pub cgroup_dirs: &'a [PathBuf],
 }
 
-/// nsjail nowhere else than here: nsjail itself gets an empty environment.
+/// nsjail nowhere else than here: nsjail itself gets an empty environment. The whole chain
+/// starts in a session of its own (`setsid`, which then execs): the kernel's scheduler shares
+/// the CPU between sessions before processes, so one execution's hundred busy processes cannot
+/// starve another's one; and the session's process group is what the service kills at the end.
 pub fn build(run: &Run<'_>) -> Command {
-    let mut cmd = if run.cgroup_dirs.is_empty() {
-        Command::new(&run.config.nsjail)
-    } else {
-        let mut sh = Command::new("/bin/sh");
-        sh.args(["-c", JOIN_CGROUPS, "pyexec-join-cgroups"])
+    let mut cmd = Command::new(SETSID);
+    if !run.cgroup_dirs.is_empty() {
+        cmd.args(["/bin/sh", "-c", JOIN_CGROUPS, "pyexec-join-cgroups"])
             .args(run.cgroup_dirs)
-            .arg("--")
-            .arg(&run.config.nsjail);
-        sh
-    };
+            .arg("--");
+    }
+    cmd.arg(&run.config.nsjail);
     let dir = &run.config.profile_dir;
     cmd.arg("--config")
         .arg(dir.join(run.profile.config_file()))
@@ -191,7 +194,8 @@ mod tests {
         };
         let cmd = build(&run(&config, &limits, Profile::Strict, &[]));
         let args = argv(&cmd);
-        assert_eq!(cmd.as_std().get_program(), "/opt/pyexec/bin/nsjail");
+        assert_eq!(cmd.as_std().get_program(), SETSID);
+        assert_eq!(args[0], "/opt/pyexec/bin/nsjail");
         assert!(has(&args, ["--config", "nsjail/strict.cfg"]), "{args:?}");
         assert!(
             has(&args, ["--seccomp_policy", "nsjail/seccomp.kafel"]),
@@ -262,9 +266,10 @@ mod tests {
         ];
         let cmd = build(&run(&config, &limits, Profile::Strict, &dirs));
         let args = argv(&cmd);
-        assert_eq!(cmd.as_std().get_program(), "/bin/sh");
+        assert_eq!(cmd.as_std().get_program(), SETSID);
+        assert_eq!(args[..2], ["/bin/sh", "-c"]);
         assert_eq!(
-            args[3..7],
+            args[4..8],
             [
                 dirs[0].to_str().unwrap(),
                 dirs[1].to_str().unwrap(),

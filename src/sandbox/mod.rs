@@ -3,7 +3,9 @@
 //! out what this kernel allows and picks the strongest profile that works. A script that fails
 //! is an [`Outcome`], not an error; [`SandboxError`] is only for the sandbox itself failing.
 
+mod block;
 mod cgroup;
+mod cleanup;
 mod command;
 mod outcome;
 mod process;
@@ -13,6 +15,8 @@ mod slots;
 use std::io;
 use std::os::unix::fs::{PermissionsExt, chown};
 use std::path::Path;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -23,6 +27,7 @@ pub use slots::Ticket;
 use crate::config::{Limits, Profile, ProfileChoice, SandboxConfig};
 use crate::harness;
 use crate::validate::{Script, validate};
+use block::Block;
 use cgroup::Cgroups;
 use process::Caps;
 use slots::{Refused, Slots};
@@ -44,10 +49,14 @@ pub struct Sandbox {
     limits: Limits,
     profile: Profile,
     cgroups: Option<Cgroups>,
+    /// The uids, cgroup subtree and work directory this instance owns; none until started.
+    block: Option<Block>,
     slots: Arc<Slots>,
     health: Mutex<Health>,
-    /// Fired when the shutdown grace is over: every running execution stops.
+    /// Fired when the shutdown grace is over: every running and queued execution stops.
     cancel: CancellationToken,
+    /// Numbers execution directories.
+    executions: AtomicU64,
 }
 
 #[derive(Debug, Clone)]
@@ -89,6 +98,8 @@ impl From<Refused> for SandboxError {
 /// The service must not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("cannot take a block of uids for this instance: {0}")]
+    NoBlock(String),
     #[error(
         "sandbox.require is `{}` but only the `{}` profile works on this host ({reason}); refusing to start",
         .required.name(), .available.name()
@@ -108,13 +119,8 @@ impl Sandbox {
         if let Ok(dir) = std::path::absolute(&config.profile_dir) {
             config.profile_dir = dir;
         }
-        let queue_timeout = Duration::from_millis(config.queue_timeout_ms);
-        let slots = Slots::new(
-            config.uid_base,
-            config.concurrency(),
-            config.max_queue,
-            queue_timeout,
-        );
+        let cancel = CancellationToken::new();
+        let slots = Self::slots(&config, config.uid_base, cancel.clone());
         let profile = match config.profile {
             ProfileChoice::Auto | ProfileChoice::Strict => Profile::Strict,
             ProfileChoice::CloudRun => Profile::CloudRun,
@@ -124,13 +130,25 @@ impl Sandbox {
             limits,
             profile,
             cgroups: None,
+            block: None,
             slots,
             health: Mutex::new(Health {
                 status: Err("the sandbox has not been started".to_owned()),
                 checked: Instant::now(),
             }),
-            cancel: CancellationToken::new(),
+            cancel,
+            executions: AtomicU64::new(0),
         }
+    }
+
+    fn slots(config: &SandboxConfig, first_uid: u32, cancel: CancellationToken) -> Arc<Slots> {
+        let count = u32::try_from(config.concurrency()).unwrap_or(block::BLOCK_UIDS);
+        Slots::new(
+            first_uid..first_uid + count.min(block::BLOCK_UIDS),
+            config.max_queue,
+            Duration::from_millis(config.queue_timeout_ms),
+            cancel,
+        )
     }
 
     /// Finds what this host allows (cgroups, then the profile: for `auto`, `strict` if its
@@ -139,10 +157,22 @@ impl Sandbox {
     /// only works below `sandbox.require` does not start.
     pub async fn start(config: SandboxConfig, limits: Limits) -> Result<Self, StartError> {
         let mut sandbox = Self::new(config, limits);
+        let (uid_base, work_root) = (sandbox.config.uid_base, sandbox.config.work_root.clone());
+        let (block, quarantined) = blocking(move || {
+            let block = Block::claim(uid_base, &work_root)?;
+            let quarantined = block.sweep_leftovers();
+            Ok::<_, String>((block, quarantined))
+        })
+        .await
+        .map_err(|error| StartError::NoBlock(error.to_string()))?
+        .map_err(StartError::NoBlock)?;
+        sandbox.slots = Self::slots(&sandbox.config, block.uids().start, sandbox.cancel.clone());
+        sandbox.slots.quarantine(quarantined);
+        let subtree = block.name();
+        sandbox.block = Some(block);
         if sandbox.config.cgroups {
             let limits = sandbox.limits.clone();
-            let probe = format!("probe-{}", sandbox.config.uid_base);
-            sandbox.cgroups = blocking(move || Cgroups::detect(&limits, &probe))
+            sandbox.cgroups = blocking(move || Cgroups::detect(&limits, &subtree))
                 .await
                 .unwrap_or_else(|error| Err(error.to_string()))
                 .inspect_err(|reason| {
@@ -194,6 +224,7 @@ impl Sandbox {
                 tracing::info!(
                     profile = self.profile.name(),
                     limits = ?self.limits_backend(),
+                    uids = ?self.slot_uids(),
                     cgroups = ?self.cgroup_parents(),
                     "sandbox ready"
                 );
@@ -206,14 +237,25 @@ impl Sandbox {
         self
     }
 
-    /// Refuses new executions (and those waiting for a slot): the service is shutting down.
+    /// Refuses new executions: the service is shutting down. Those already queued keep their
+    /// place and run if a slot frees up in time.
     pub fn stop_admitting(&self) {
         self.slots.close();
     }
 
-    /// Stops every running execution; each answers 503 `shutting_down`.
+    /// Stops every running and queued execution; each answers 503 `shutting_down`.
     pub fn cancel_running(&self) {
         self.cancel.cancel();
+    }
+
+    /// The uids this instance's executions run as.
+    pub fn slot_uids(&self) -> std::ops::Range<u32> {
+        self.slots.uids()
+    }
+
+    /// Where this instance makes its execution directories (its own), once started.
+    pub fn work_dir(&self) -> Option<&Path> {
+        self.block.as_ref().map(Block::work_dir)
     }
 
     pub fn profile(&self) -> Profile {
@@ -258,14 +300,13 @@ impl Sandbox {
         slot.sweep_files = !self.profile.namespaced();
         let (workdir, cgroup) = self.prepare(slot.uid, script).await?;
         // From here the slot owns both: on every path its sweep removes them with the rest.
-        let workdir_path = workdir.path().to_owned();
-        slot.hold(workdir, cgroup);
+        slot.hold(workdir.clone(), cgroup);
         let cgroup_dirs = slot.cgroup().map(cgroup::Cgroup::dirs).unwrap_or_default();
         let cmd = command::build(&command::Run {
             config: &self.config,
             limits: &self.limits,
             profile: self.profile,
-            workdir: &workdir_path,
+            workdir: &workdir,
             uid: slot.uid,
             cgroup_dirs,
         });
@@ -374,22 +415,33 @@ impl Sandbox {
         &self,
         uid: u32,
         script: &Script,
-    ) -> Result<(tempfile::TempDir, Option<cgroup::Cgroup>), SandboxError> {
-        let work_root = self.config.work_root.clone();
+    ) -> Result<(PathBuf, Option<cgroup::Cgroup>), SandboxError> {
+        let parent = self.block.as_ref().map_or_else(
+            || self.config.work_root.clone(),
+            |block| block.work_dir().to_owned(),
+        );
+        let number = self.executions.fetch_add(1, Ordering::Relaxed);
+        let dir = parent.join(format!("run-{uid}-{number}"));
         let namespaced = self.profile.namespaced();
         let script = script.as_str().to_owned();
         let cgroups = self.cgroups.clone();
         let limits = self.limits.clone();
         blocking(move || {
-            let workdir = workdir(&work_root, namespaced, uid, &script)?;
+            if let Err(error) = workdir(&dir, namespaced, uid, &script) {
+                cleanup::remove_or_quarantine(&dir);
+                return Err(error);
+            }
             let cgroup = cgroups
                 .map(|cgroups| cgroups.create(&format!("run-{uid}"), &limits))
                 .transpose()
-                .map_err(|source| SandboxError::Internal {
-                    context: "creating the execution's cgroup failed",
-                    source,
+                .map_err(|source| {
+                    cleanup::remove_or_quarantine(&dir);
+                    SandboxError::Internal {
+                        context: "creating the execution's cgroup failed",
+                        source,
+                    }
                 })?;
-            Ok((workdir, cgroup))
+            Ok((dir, cgroup))
         })
         .await?
     }
@@ -408,40 +460,34 @@ async fn blocking<T: Send + 'static>(
         })
 }
 
-/// The execution's private directory, readable only by root and the slot's gid: the harness
-/// and the script, and (no mount namespace) a `tmp/` only the slot's uid can use.
-fn workdir(
-    work_root: &Path,
-    namespaced: bool,
-    uid: u32,
-    script: &str,
-) -> Result<tempfile::TempDir, SandboxError> {
+/// Makes `dir`, the execution's private directory, readable only by root and the slot's gid:
+/// the harness and the script, and (no mount namespace) a `tmp/` only the slot's uid can use.
+fn workdir(dir: &Path, namespaced: bool, uid: u32, script: &str) -> Result<(), SandboxError> {
     // A full disk is the host's condition, not a fault of ours: 503, and it may pass.
     let internal = |context| {
         move |source: io::Error| match source.kind() {
             io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
                 SandboxError::Unavailable(format!(
                     "no space left for an execution's files in {}",
-                    work_root.display()
+                    dir.parent().unwrap_or(dir).display()
                 ))
             }
             _ => SandboxError::Internal { context, source },
         }
     };
-    let dir = tempfile::Builder::new()
-        .prefix("pyexec-")
-        .tempdir_in(work_root)
-        .map_err(internal("creating the execution directory failed"))?;
-    harness::install(dir.path(), script).map_err(internal("writing the script failed"))?;
+    std::fs::create_dir(dir).map_err(internal("creating the execution directory failed"))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(internal("setting the execution directory's mode failed"))?;
+    harness::install(dir, script).map_err(internal("writing the script failed"))?;
     for file in [harness::HARNESS_FILE, harness::SCRIPT_FILE] {
-        let path = dir.path().join(file);
+        let path = dir.join(file);
         chown(&path, None, Some(uid))
             .map_err(internal("handing the script to the slot's gid failed"))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640))
             .map_err(internal("setting the script's mode failed"))?;
     }
     if !namespaced {
-        let tmp = dir.path().join(command::TMP_DIR);
+        let tmp = dir.join(command::TMP_DIR);
         std::fs::create_dir(&tmp).map_err(internal("creating the execution's tmp failed"))?;
         chown(&tmp, Some(uid), Some(uid)).map_err(internal(
             "handing the execution's tmp to the slot's uid failed",
@@ -449,9 +495,9 @@ fn workdir(
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o700))
             .map_err(internal("setting the execution's tmp mode failed"))?;
     }
-    chown(dir.path(), None, Some(uid))
+    chown(dir, None, Some(uid))
         .map_err(internal("handing the directory to the slot's gid failed"))?;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o750))
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))
         .map_err(internal("setting the execution directory's mode failed"))?;
-    Ok(dir)
+    Ok(())
 }

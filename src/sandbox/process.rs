@@ -64,9 +64,10 @@ pub struct Finished {
     pub elapsed: Duration,
 }
 
-/// Spawns `cmd` (stdin from /dev/null, every output piped, in a process group of its own),
-/// reads all pipes concurrently with `caps`, and kills the group at `deadline` or when
-/// `cancel` fires.
+/// Spawns `cmd` (stdin from /dev/null, every output piped), reads all pipes concurrently with
+/// `caps`, and kills the process group at `deadline` or when `cancel` fires. `cmd` must make
+/// itself a session leader (start under `setsid`), so its process group is its own and its id
+/// is the child's pid.
 pub async fn run(
     mut cmd: Command,
     fds: ExtraFds,
@@ -79,7 +80,6 @@ pub async fn run(
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
         .kill_on_drop(true)
         .fd_mappings(vec![
             FdMapping {
@@ -205,8 +205,8 @@ mod tests {
     };
 
     fn sh(script: &str) -> Command {
-        let mut cmd = Command::new("/bin/sh");
-        cmd.arg("-c").arg(script);
+        let mut cmd = Command::new(crate::sandbox::command::SETSID);
+        cmd.args(["/bin/sh", "-c", script]);
         cmd
     }
 

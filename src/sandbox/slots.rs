@@ -1,39 +1,45 @@
-//! Execution slots: at most N executions at once, each running as a host uid no other running
-//! execution has, and a bounded queue in front of them. A request is admitted (given a
-//! [`Ticket`]) before its body is read, so a request beyond the queue is refused at once and
-//! the requests in memory never exceed N plus the queue; a ticket that waited too long for a
-//! slot is refused too. When an execution ends its slot is swept before anyone may reuse it: every
-//! process of its uid is killed and every file its uid left in the shared temp directories is
-//! deleted. This holds on every path, a cancelled request included, because the sweep runs
-//! from the slot's `Drop`.
+//! Execution slots: at most N executions at once, each running as a host uid (from the
+//! instance's block) no other running execution has, and a bounded queue in front of them. A
+//! request is admitted (given a [`Ticket`]) once its body is in, so the requests held in memory
+//! never exceed N plus the queue; beyond the queue it is refused at once, and a ticket that
+//! waited too long for a slot is refused too. When the service stops admitting (SIGTERM),
+//! tickets already queued keep their place and run if a slot frees up before they are
+//! cancelled.
+//!
+//! When an execution ends its slot is swept before anyone may reuse it: every process of its
+//! uid is killed, its directory is deleted, and (without a mount namespace) every file its uid
+//! left in the shared temp directories is deleted; what cannot be deleted is quarantined and
+//! retried at the next sweep. This holds on every path, a cancelled request included, because
+//! the sweep runs from the slot's `Drop`, on the blocking pool.
 
-use std::os::unix::process::CommandExt;
-use std::path::Path;
-use std::process::Stdio;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 use super::cgroup::{Cgroup, CgroupUsage};
-
-/// World-writable directories a script without a mount namespace can leave files in: those of
-/// a Debian image (`/var/lock` is a link to `/run/lock`).
-const SHARED_TMP: [&str; 4] = ["/tmp", "/var/tmp", "/dev/shm", "/run/lock"];
-/// Rounds of `kill -KILL -1` before giving up on a process that keeps forking.
-const KILL_ROUNDS: usize = 50;
+use super::cleanup;
 
 /// The pool of slots.
 #[derive(Debug)]
 pub struct Slots {
+    uids: std::ops::Range<u32>,
     permits: Arc<Semaphore>,
     free: Mutex<Vec<u32>>,
-    /// Tickets alive: requests running, waiting for a slot, or still sending their body.
+    /// Tickets alive: requests running or waiting for a slot.
     admitted: AtomicUsize,
     /// The most tickets at once: the slots plus the queue.
     capacity: usize,
     queue_timeout: Duration,
+    /// No new tickets (the service is stopping); queued ones still run.
+    closed: AtomicBool,
+    /// Fired when the service gives up on everything still running or queued.
+    cancel: CancellationToken,
+    /// Trees that could not be deleted, quarantined; every sweep tries them again.
+    quarantined: Mutex<Vec<PathBuf>>,
 }
 
 /// An admitted request's place, given back on drop (a cancelled request included). Running
@@ -69,34 +75,36 @@ pub struct Slot {
 /// What an execution holds besides its uid; the slot's sweep removes it, off the async workers.
 #[derive(Debug, Default)]
 struct Held {
-    workdir: Option<tempfile::TempDir>,
+    workdir: Option<PathBuf>,
     cgroup: Option<Cgroup>,
 }
 
 impl Slots {
-    /// `count` slots with uids `uid_base..uid_base + count`, and room for `max_queue` waiting
-    /// requests, each for at most `queue_timeout`.
+    /// A slot for each of `uids`, and room for `max_queue` waiting requests, each for at most
+    /// `queue_timeout`; `cancel` stops the waiting ones too.
     pub fn new(
-        uid_base: u32,
-        count: usize,
+        uids: std::ops::Range<u32>,
         max_queue: usize,
         queue_timeout: Duration,
+        cancel: CancellationToken,
     ) -> Arc<Self> {
-        let uids = (0..count)
-            .filter_map(|slot| u32::try_from(slot).ok())
-            .map(|slot| uid_base + slot);
+        let count = uids.len();
         Arc::new(Self {
+            uids: uids.clone(),
             permits: Arc::new(Semaphore::new(count)),
             free: Mutex::new(uids.rev().collect()),
             admitted: AtomicUsize::new(0),
             capacity: count + max_queue,
             queue_timeout,
+            closed: AtomicBool::new(false),
+            cancel,
+            quarantined: Mutex::new(Vec::new()),
         })
     }
 
     /// A ticket if fewer than the slots plus the queue are admitted; never waits.
     pub fn admit(self: &Arc<Self>) -> Result<Ticket, Refused> {
-        if self.permits.is_closed() {
+        if self.closed.load(Ordering::SeqCst) {
             return Err(Refused::Closed);
         }
         // Counted before the check, so two racing requests cannot both take the last place.
@@ -110,9 +118,37 @@ impl Slots {
         Ok(ticket)
     }
 
-    /// Refuses every request from now on, those already waiting included.
+    /// Refuses new requests from now on; those already queued keep their place.
     pub fn close(&self) {
-        self.permits.close();
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    /// The uids of the slots.
+    pub fn uids(&self) -> std::ops::Range<u32> {
+        self.uids.clone()
+    }
+
+    /// Keeps what could not be deleted for the next sweep.
+    pub fn quarantine(&self, paths: impl IntoIterator<Item = PathBuf>) {
+        self.quarantined
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(paths);
+    }
+
+    /// Tries the quarantined trees again.
+    fn retry_quarantined(&self) {
+        let paths = std::mem::take(
+            &mut *self
+                .quarantined
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        let left: Vec<PathBuf> = paths
+            .iter()
+            .filter_map(|path| cleanup::remove_or_quarantine(path))
+            .collect();
+        self.quarantine(left);
     }
 }
 
@@ -120,20 +156,20 @@ impl Ticket {
     /// A free slot now, or once one frees up within the queue timeout.
     pub async fn acquire(self) -> Result<Slot, Refused> {
         let pool = Arc::clone(&self.pool);
-        let permit = match Arc::clone(&pool.permits).try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(TryAcquireError::Closed) => return Err(Refused::Closed),
-            Err(TryAcquireError::NoPermits) => {
-                match tokio::time::timeout(
-                    pool.queue_timeout,
-                    Arc::clone(&pool.permits).acquire_owned(),
-                )
-                .await
-                {
+        let permit = if let Ok(permit) = Arc::clone(&pool.permits).try_acquire_owned() {
+            permit
+        } else {
+            let wait = tokio::time::timeout(
+                pool.queue_timeout,
+                Arc::clone(&pool.permits).acquire_owned(),
+            );
+            tokio::select! {
+                waited = wait => match waited {
                     Ok(Ok(permit)) => permit,
                     Ok(Err(_closed)) => return Err(Refused::Closed),
                     Err(_elapsed) => return Err(Refused::QueueTimeout),
-                }
+                },
+                () = pool.cancel.cancelled() => return Err(Refused::Closed),
             }
         };
         let uid = pool
@@ -160,7 +196,7 @@ impl Drop for Ticket {
 
 impl Slot {
     /// Ties the execution's directory and cgroup to the slot, so the same sweep removes them.
-    pub fn hold(&mut self, workdir: tempfile::TempDir, cgroup: Option<Cgroup>) {
+    pub fn hold(&mut self, workdir: PathBuf, cgroup: Option<Cgroup>) {
         self.held = Held {
             workdir: Some(workdir),
             cgroup,
@@ -190,11 +226,16 @@ impl Slot {
         Some(move || {
             let usage = cgroup.as_ref().map(Cgroup::usage).unwrap_or_default();
             drop(cgroup);
-            kill_uid(uid);
-            drop(workdir);
+            // Nothing of the uid runs any more, so nothing moves in its trees while they go.
+            cleanup::kill_uid(uid);
+            pool.retry_quarantined();
+            pool.quarantine(workdir.and_then(|dir| cleanup::remove_or_quarantine(&dir)));
             if sweep_files {
-                for dir in SHARED_TMP {
-                    remove_files_of(uid, Path::new(dir));
+                for dir in cleanup::SHARED_TMP {
+                    pool.quarantine(cleanup::remove_files_of(
+                        |owner| owner == uid,
+                        Path::new(dir),
+                    ));
                 }
             }
             pool.free
@@ -220,82 +261,18 @@ impl Drop for Slot {
     }
 }
 
-/// Kills every process running as `uid`. Each round a shell dropped to `uid` runs
-/// `kill -KILL -1`, which reaches every process of that uid at once (ones forked since the
-/// last look included), until /proc shows none left.
-fn kill_uid(uid: u32) {
-    for round in 0..KILL_ROUNDS {
-        if !has_live_process(uid) {
-            return;
-        }
-        if round > 0 {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        let _ = std::process::Command::new("/bin/sh")
-            .args(["-c", "kill -KILL -1 2>/dev/null"])
-            .uid(uid)
-            .gid(uid)
-            .env_clear()
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-    tracing::warn!(
-        uid,
-        "processes of a finished execution survived repeated kills"
-    );
-}
-
-/// Whether a process (not a zombie) runs as `uid`.
-fn has_live_process(uid: u32) -> bool {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    let uid = uid.to_string();
-    entries.flatten().any(|entry| {
-        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
-            return false;
-        };
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix(name))
-                .map(str::trim)
-        };
-        let zombie = field("State:").is_some_and(|state| state.starts_with('Z'));
-        let real_uid = field("Uid:").and_then(|ids| ids.split_whitespace().next());
-        !zombie && real_uid == Some(uid.as_str())
-    })
-}
-
-/// Deletes the entries of `dir` owned by `uid` (recursively, never following symlinks).
-fn remove_files_of(uid: u32, dir: &Path) {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let Ok(meta) = entry.path().symlink_metadata() else {
-            continue;
-        };
-        if meta.uid() != uid {
-            continue;
-        }
-        let removed = if meta.is_dir() {
-            std::fs::remove_dir_all(entry.path())
-        } else {
-            std::fs::remove_file(entry.path())
-        };
-        if let Err(error) = removed {
-            tracing::warn!(uid, path = %entry.path().display(), %error, "could not delete a file an execution left");
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pool(first: u32, count: u32, queue: usize, timeout: Duration) -> Arc<Slots> {
+        Slots::new(
+            first..first + count,
+            queue,
+            timeout,
+            CancellationToken::new(),
+        )
+    }
 
     async fn slot(slots: &Arc<Slots>) -> Result<Slot, Refused> {
         slots.admit()?.acquire().await
@@ -303,7 +280,7 @@ mod tests {
 
     #[tokio::test]
     async fn beyond_the_queue_requests_are_refused_at_once_and_waiters_time_out() {
-        let slots = Slots::new(990_910, 1, 1, Duration::from_millis(100));
+        let slots = pool(990_910, 1, 1, Duration::from_millis(100));
         let held = slot(&slots).await.unwrap();
         let waiting = slots.admit().unwrap();
         assert_eq!(slots.admit().unwrap_err(), Refused::QueueFull);
@@ -316,8 +293,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_queued_ticket_keeps_its_place_when_admission_closes_until_cancelled() {
+        let cancel = CancellationToken::new();
+        let slots = Slots::new(990_930..990_931, 2, Duration::from_secs(10), cancel.clone());
+        let running = slot(&slots).await.unwrap();
+        let queued = tokio::spawn(slots.admit().unwrap().acquire());
+        let cancelled = tokio::spawn(slots.admit().unwrap().acquire());
+        slots.close();
+        assert_eq!(slots.admit().unwrap_err(), Refused::Closed);
+        running.release().await;
+        let next = queued.await.unwrap().unwrap();
+        assert_eq!(next.uid, 990_930, "the queued request ran after closing");
+        cancel.cancel();
+        assert_eq!(cancelled.await.unwrap().unwrap_err(), Refused::Closed);
+    }
+
+    #[tokio::test]
     async fn a_running_execution_keeps_its_place_until_it_is_swept() {
-        let slots = Slots::new(990_920, 1, 0, Duration::from_secs(5));
+        let slots = pool(990_920, 1, 0, Duration::from_secs(5));
         let running = slot(&slots).await.unwrap();
         assert_eq!(slots.admit().unwrap_err(), Refused::QueueFull);
         running.release().await;
@@ -326,7 +319,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_slot_is_not_reused_before_it_is_swept() {
-        let slots = Slots::new(990_900, 2, 0, Duration::from_secs(5));
+        let slots = pool(990_900, 2, 0, Duration::from_secs(5));
         let first = slot(&slots).await.unwrap();
         let second = slot(&slots).await.unwrap();
         assert_ne!(first.uid, second.uid);
@@ -336,18 +329,15 @@ mod tests {
         assert_eq!(third.uid, uid, "the swept uid comes back");
     }
 
-    #[test]
-    fn only_the_uids_files_are_removed() {
-        use std::os::unix::fs::chown;
-        let dir = tempfile::tempdir().unwrap();
-        let mine = dir.path().join("mine");
-        let theirs = dir.path().join("theirs");
-        std::fs::create_dir(&mine).unwrap();
-        std::fs::write(mine.join("inner"), "x").unwrap();
-        std::fs::write(&theirs, "x").unwrap();
-        chown(&mine, Some(990_950), None).unwrap();
-        remove_files_of(990_950, dir.path());
-        assert!(!mine.exists());
-        assert!(theirs.exists());
+    #[tokio::test]
+    async fn the_sweep_deletes_the_execution_s_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let workdir = root.path().join("run");
+        std::fs::create_dir_all(workdir.join("deep/er")).unwrap();
+        let slots = pool(990_940, 1, 0, Duration::from_secs(5));
+        let mut running = slot(&slots).await.unwrap();
+        running.hold(workdir.clone(), None);
+        running.release().await;
+        assert!(!workdir.exists());
     }
 }

@@ -9,8 +9,6 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use std::sync::atomic::{AtomicU32, Ordering};
-
 use pyexec::config::Profile;
 use pyexec::sandbox::Isolation;
 use pyexec::{AppState, Config, server};
@@ -28,29 +26,24 @@ pub struct TestApp {
     pub isolation: Isolation,
     /// Where the sandbox makes per-execution cgroups; empty without cgroups.
     pub cgroup_parents: Vec<std::path::PathBuf>,
+    /// The uids of the app's slots (from the block of uids it took).
+    pub uids: std::ops::Range<u32>,
+    /// The app's own directory for executions, in `work_root`.
+    pub work_dir: std::path::PathBuf,
     /// Starts the graceful shutdown, as SIGTERM does.
     pub shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     /// The server: done once shut down.
     pub server: tokio::task::JoinHandle<()>,
 }
 
-/// The configuration tests run with: the repository's profiles, a private work root, and
-/// slot uids no other test app in this process uses (each app sweeps its uids' processes).
+/// The configuration tests run with: the repository's profiles and a private work root. The
+/// uids come from the first free block, as for any instance.
 pub fn test_config(work_root: &Path) -> Config {
-    static APPS: AtomicU32 = AtomicU32::new(0);
     let mut config = Config::default();
     config.sandbox.profile_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("nsjail");
     work_root.clone_into(&mut config.sandbox.work_root);
     config.sandbox.max_concurrency = 4;
-    config.sandbox.uid_base =
-        1_000_000 + (std::process::id() % 1000) * 1000 + APPS.fetch_add(1, Ordering::Relaxed) * 10;
     config
-}
-
-/// The slot uids of an app made from `config`.
-pub fn slot_uids(config: &Config) -> std::ops::Range<u32> {
-    let base = config.sandbox.uid_base;
-    base..base + u32::try_from(config.sandbox.concurrency()).unwrap()
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -71,6 +64,8 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Config)) -> TestApp {
     let profile = state.sandbox.profile();
     let isolation = state.sandbox.isolation();
     let cgroup_parents = state.sandbox.cgroup_parents();
+    let uids = state.sandbox.slot_uids();
+    let work_dir = state.sandbox.work_dir().unwrap().to_owned();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (shutdown, signal) = tokio::sync::oneshot::channel::<()>();
@@ -85,6 +80,8 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Config)) -> TestApp {
         profile,
         isolation,
         cgroup_parents,
+        uids,
+        work_dir,
         shutdown: Some(shutdown),
         server,
     }
@@ -136,9 +133,9 @@ impl TestApp {
         read(self.client.get(self.url(path)).send().await.unwrap()).await
     }
 
-    /// Names left in the work root: empty once every execution has cleaned up.
+    /// Names left in the app's work directory: empty once every execution has cleaned up.
     pub fn leftovers(&self) -> Vec<String> {
-        std::fs::read_dir(self.work_root.path())
+        std::fs::read_dir(&self.work_dir)
             .unwrap()
             .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
             .collect()
@@ -154,18 +151,19 @@ impl TestApp {
 
     /// Processes still running as one of this app's slot uids (see [`processes_left`]).
     pub async fn processes_left(&self) -> Vec<String> {
-        processes_left(slot_uids(&self.config)).await
+        processes_left(self.uids.clone()).await
     }
 
     /// Per-execution cgroups of this app still present, on whichever cgroup version the
     /// sandbox detected.
     pub fn leftover_cgroups(&self) -> Vec<String> {
-        leftover_cgroups(&self.cgroup_parents, slot_uids(&self.config))
+        leftover_cgroups(&self.cgroup_parents)
     }
 
     /// How many of this app's slots have a sandbox running now.
     pub fn sandboxes_running(&self) -> usize {
-        slot_uids(&self.config)
+        self.uids
+            .clone()
             .filter(|uid| !processes_of(*uid).is_empty())
             .count()
     }
@@ -184,16 +182,13 @@ pub async fn wait_until(done: impl Fn() -> bool) -> bool {
     true
 }
 
-/// Groups named after one of `uids` under `parents`.
-pub fn leftover_cgroups(parents: &[std::path::PathBuf], uids: std::ops::Range<u32>) -> Vec<String> {
+/// Groups left under `parents` (an instance's own subtree).
+pub fn leftover_cgroups(parents: &[std::path::PathBuf]) -> Vec<String> {
     parents
         .iter()
-        .flat_map(|parent| {
-            uids.clone()
-                .map(move |uid| parent.join(format!("run-{uid}")))
-        })
-        .filter(|dir| dir.exists())
-        .map(|dir| dir.display().to_string())
+        .flat_map(|parent| std::fs::read_dir(parent).into_iter().flatten().flatten())
+        .filter(|entry| entry.path().is_dir())
+        .map(|entry| entry.path().display().to_string())
         .collect()
 }
 
