@@ -202,10 +202,10 @@ async fn bodies_beyond_the_budget_are_refused_at_once() {
 
 #[tokio::test]
 async fn a_connection_that_brings_no_request_is_closed_at_the_deadline() {
-    let app = spawn_app_with(|config| config.server.header_read_timeout_ms = 300).await;
     const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     // An empty SETTINGS frame: the h2c preface is complete, then nothing.
     const SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
+    let app = spawn_app_with(|config| config.server.header_read_timeout_ms = 300).await;
     let cases: [(&str, Vec<u8>); 3] = [
         ("nothing", Vec::new()),
         ("23 bytes of the HTTP/2 preface", PREFACE[..23].to_vec()),
