@@ -98,9 +98,12 @@ pub struct ExceptionInfo {
     /// Qualified name of its class, e.g. `KeyError` or `numpy.linalg.LinAlgError`.
     #[serde(rename = "type")]
     pub type_name: String,
+    /// `str()` of the exception: lone surrogates become U+FFFD; cut at 16 Ki characters.
     pub message: String,
-    /// Python's traceback, without the harness's own frames.
+    pub message_truncated: bool,
+    /// Python's traceback, without the harness's own frames; cut at 64 Ki characters.
     pub traceback: String,
+    pub traceback_truncated: bool,
     /// The sandbox limit behind it, when the harness could tell (an `errno` that names one).
     pub limit: Option<ReachedLimit>,
 }
@@ -423,7 +426,9 @@ mod tests {
             exception: ExceptionInfo {
                 type_name: "BlockingIOError".to_owned(),
                 message: "[Errno 11] Resource temporarily unavailable".to_owned(),
+                message_truncated: false,
                 traceback: String::new(),
+                traceback_truncated: false,
                 limit: Some(ReachedLimit {
                     name: LimitName::Processes,
                     value: 64,

@@ -254,6 +254,23 @@ def main():
                 Returns("not found"),
             )
         },
+        Case {
+            during: Some(Neighbour {
+                script: VICTIM,
+                returns: "victim finished",
+            }),
+            ..case(
+                "list_a_concurrent_execution_s_files",
+                r#"
+import os, time
+def main():
+    time.sleep(0.5)
+    return "listed" if "pyexec-victim-{NONCE}" in os.listdir("/tmp") else "not listed"
+"#,
+                Returns("not listed"),
+                Returns("listed"),
+            )
+        },
         case(
             "connect_to_loopback",
             r#"
@@ -457,6 +474,142 @@ def main():
 "#,
             Returns("forked"),
             Returns("forked"),
+        ),
+        case(
+            "share_the_cpu_unfairly",
+            r#"
+import os
+def main():
+    # The scheduler shares the CPU between sessions first: a session of its own is what keeps
+    # a hundred busy processes of one execution from starving another execution's one.
+    return "its own session" if os.getsid(0) == os.getpid() else "the service's session"
+"#,
+            Returns("its own session"),
+            Returns("its own session"),
+        ),
+        case(
+            "crash_the_service_with_a_deep_tree",
+            r#"
+import os, tempfile
+def main():
+    # 25,000 levels crashed the service once (tests/hardening.rs runs that under the default
+    # limits); within this suite's 1 s of CPU a disk takes about 6,000.
+    os.chdir(tempfile.gettempdir())
+    for _ in range(6000):
+        os.mkdir("d"); os.chdir("d")
+    return "ok"
+"#,
+            Returns("ok"),
+            Returns("ok"),
+        ),
+        Case {
+            before: Some(
+                r#"
+import os, tempfile
+def main():
+    tops = []
+    for d in [tempfile.gettempdir(), "/tmp"]:
+        top = os.path.join(d, "pyexec-deep-{NONCE}")
+        try:
+            os.mkdir(top)
+        except OSError:
+            continue
+        fd = os.open(top, os.O_RDONLY)
+        for _ in range(3000):
+            os.mkdir("d", dir_fd=fd)
+            fd, parent = os.open("d", os.O_RDONLY, dir_fd=fd), fd
+            os.close(parent)
+        os.close(os.open("marker", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+        tops.append(top)
+    return "|".join(tops)
+"#,
+            ),
+            ..case(
+                "deep_tree_for_the_next_execution",
+                r#"
+import os
+def main():
+    found = []
+    for top in "{BEFORE}".split("|"):
+        try:
+            fd = os.open(top, os.O_RDONLY)
+            for _ in range(3000):
+                fd, parent = os.open("d", os.O_RDONLY, dir_fd=fd), fd
+                os.close(parent)
+            os.close(os.open("marker", os.O_RDONLY, dir_fd=fd))
+            found.append(top)
+        except OSError:
+            pass
+    return "found: " + ", ".join(found) if found else "gone"
+"#,
+                Returns("gone"),
+                Returns("gone"),
+            )
+        },
+        case(
+            "fill_shared_memory",
+            r#"
+import os
+def main():
+    if not os.path.isdir("/dev/shm"):
+        return "no /dev/shm"
+    for i in range(12):
+        with open(f"/dev/shm/pyexec-fill-{NONCE}-{i}", "wb") as f:
+            for _ in range(30):
+                f.write(b"x" * (1 << 20))
+    return "held 360 MiB in /dev/shm"
+"#,
+            Returns("no /dev/shm"),
+            Fails("memory_limit_exceeded", "memory limit"),
+        ),
+        case(
+            "grow_socket_buffers",
+            r#"
+import socket
+def main():
+    a, b = socket.socketpair()
+    try:
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        return "grown"
+    except PermissionError:
+        return "denied"
+"#,
+            Returns("denied"),
+            Returns("denied"),
+        ),
+        case(
+            "fill_socket_buffers",
+            r#"
+import os, socket, time
+def main():
+    # Sixteen processes each park what their descriptors allow in socket buffers: kernel
+    # memory that no address-space limit sees.
+    report_r, report_w = os.pipe()
+    for _ in range(16):
+        if os.fork() == 0:
+            held = []
+            try:
+                while True:
+                    a, b = socket.socketpair()
+                    a.setblocking(False)
+                    try:
+                        while True:
+                            a.send(b"x" * 65536)
+                    except BlockingIOError:
+                        pass
+                    held.append((a, b))
+            except OSError:
+                pass
+            os.write(report_w, b"f")
+            time.sleep(60)
+            os._exit(0)
+    full = 0
+    while full < 16:
+        full += len(os.read(report_r, 16))
+    return "held"
+"#,
+            Fails("memory_limit_exceeded", "memory limit"),
+            Fails("memory_limit_exceeded", "memory limit"),
         ),
         case(
             "limits_leave_room_for_numpy_and_pandas",

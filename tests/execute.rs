@@ -7,6 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{error_code, spawn_app, spawn_app_with};
+use pyexec::config::ProfileChoice;
 use serde_json::{Value, json};
 
 async fn ok(app: &common::TestApp, script: &str) -> Value {
@@ -452,4 +453,66 @@ async fn no_files_or_processes_outlive_an_execution() {
     assert!(app.leftovers().is_empty(), "{:?}", app.leftovers());
     let left = app.processes_left().await;
     assert!(left.is_empty(), "{left:?}");
+}
+
+// What the harness reports is made safe and bounded, whatever the script hands it, in both
+// profiles.
+
+async fn in_each_profile() -> Vec<common::TestApp> {
+    let mut apps = Vec::new();
+    for profile in [ProfileChoice::Strict, ProfileChoice::CloudRun] {
+        apps.push(spawn_app_with(|config| config.sandbox.profile = profile).await);
+    }
+    apps
+}
+
+#[tokio::test]
+async fn undecodable_text_in_a_message_or_result_becomes_the_replacement_character() {
+    for app in in_each_profile().await {
+        let body = failed(
+            &app,
+            "import os\ndef main():\n    raise ValueError('cannot parse ' + os.fsdecode(b'name-\\xff'))\n",
+            "script_exception",
+        )
+        .await;
+        assert_eq!(
+            body["exception"]["message"], "cannot parse name-\u{fffd}",
+            "{body}"
+        );
+        let body = ok(
+            &app,
+            "import os\ndef main():\n    return os.fsdecode(b'\\xfe') + '\u{e9}'\n",
+        )
+        .await;
+        assert_eq!(body["result"], "\u{fffd}\u{e9}", "{body}");
+    }
+}
+
+#[tokio::test]
+async fn a_huge_exception_message_is_capped_and_flagged() {
+    for app in in_each_profile().await {
+        let body = failed(
+            &app,
+            "def main():\n    raise ValueError('x' * 20_000_000)\n",
+            "script_exception",
+        )
+        .await;
+        let exception = &body["exception"];
+        assert_eq!(exception["message"].as_str().unwrap().len(), 16 * 1024);
+        assert_eq!(
+            (
+                &exception["message_truncated"],
+                &exception["traceback_truncated"]
+            ),
+            (&json!(true), &json!(true)),
+            "{}",
+            app.profile.name()
+        );
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("main() raised ValueError: xxx")
+        );
+    }
 }

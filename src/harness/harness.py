@@ -39,9 +39,14 @@ PROTOCOL_VERSION = 2
 SCRIPT_MODULE = "script"
 SCRIPT_FILENAME = "main.py"
 # Bounds on the words taken from the script's own objects, so a hostile value cannot make a
-# frame huge: a dict key's repr in a path, and a type's name.
+# frame huge: a dict key's repr in a path, a type's name, an exception's message and traceback
+# (those two say when they were cut), any other text. In characters; a frame stays well under
+# the service's allowance for it (src/sandbox/mod.rs FRAME_OVERHEAD) even at six bytes each.
 MAX_KEY_REPR = 80
 MAX_TYPE_NAME = 200
+MAX_MESSAGE = 16 * 1024
+MAX_TRACEBACK = 64 * 1024
+MAX_TEXT = 4 * 1024
 
 
 class Reporter:
@@ -53,12 +58,12 @@ class Reporter:
 
     def send(self, frame):
         frame["v"] = PROTOCOL_VERSION
-        self._write(json.dumps(frame, allow_nan=False).encode("ascii") + b"\n")
+        self._write(utf8(json.dumps(frame, allow_nan=False, ensure_ascii=False)) + b"\n")
 
     def send_result(self, encoded):
         """Splices the already-encoded result in verbatim: no second encoding pass."""
         head = b'{"v": %d, "event": "returned", "result": ' % PROTOCOL_VERSION
-        self._write(head + encoded.encode("ascii") + b"}\n")
+        self._write(head + encoded + b"}\n")
 
     def _write(self, data):
         self._file.write(data)
@@ -81,6 +86,22 @@ def finish(send, frame):
             pass
     send(frame)
     os._exit(0)
+
+
+def utf8(text):
+    """`text` as UTF-8. A lone surrogate (a str made from undecodable bytes, as os.fsdecode
+    makes) has no UTF-8 form, so it becomes U+FFFD, as undecodable output does."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        import re
+
+        return re.sub("[\ud800-\udfff]", "\ufffd", text).encode("utf-8")
+
+
+def capped(text, limit):
+    """The first `limit` characters of `text`, and whether that cut anything."""
+    return (text, False) if len(text) <= limit else (text[:limit], True)
 
 
 def failed(code, **facts):
@@ -140,13 +161,17 @@ def reached_limit(exc, limits):
 def exception_frame(exc, phase, limits):
     if isinstance(exc, MemoryError):
         return failed("memory_limit_exceeded", memory_limit_bytes=limits["memory_bytes"])
+    message, message_truncated = capped(safe_str(exc), MAX_MESSAGE)
+    traceback_text, traceback_truncated = capped(user_traceback(exc), MAX_TRACEBACK)
     return failed(
         "script_exception",
         phase=phase,
         exception={
             "type": type_name(exc),
-            "message": safe_str(exc),
-            "traceback": user_traceback(exc),
+            "message": message,
+            "message_truncated": message_truncated,
+            "traceback": traceback_text,
+            "traceback_truncated": traceback_truncated,
             "limit": reached_limit(exc, limits),
         },
     )
@@ -157,7 +182,7 @@ def exit_frame(exc):
     if isinstance(code, bool):
         code = int(code)
     elif code is not None and not isinstance(code, int):
-        code = safe_str(code)
+        code = capped(safe_str(code), MAX_TEXT)[0]
     return failed("script_exited", exit_code=code, via="sys_exit")
 
 
@@ -258,12 +283,13 @@ def main():
     try:
         code = compile(source, SCRIPT_FILENAME, "exec", dont_inherit=True)
     except (SyntaxError, ValueError) as exc:
+        text = (getattr(exc, "text", None) or "").rstrip("\n")
         finish(reporter.send, failed(
             "syntax_error",
-            message=getattr(exc, "msg", None) or str(exc),
+            message=capped(getattr(exc, "msg", None) or str(exc), MAX_TEXT)[0],
             line=getattr(exc, "lineno", None),
             column=getattr(exc, "offset", None),
-            text=(getattr(exc, "text", None) or "").rstrip("\n") or None,
+            text=capped(text, MAX_TEXT)[0] or None,
         ))
 
     module = types.ModuleType(SCRIPT_MODULE)
@@ -299,7 +325,7 @@ def main():
         finish(reporter.send, exception_frame(exc, "main", limits))
 
     try:
-        encoded = json.dumps(value, allow_nan=False, separators=(",", ":"))
+        encoded = utf8(json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":")))
     except (TypeError, ValueError, RecursionError) as exc:
         finish(reporter.send, not_serializable_frame(value, exc))
     except MemoryError:

@@ -106,6 +106,18 @@ class Exceptions(unittest.TestCase):
         self.assertIsNone(harness.reached_limit(OSError(2, "No such file"), LIMITS))
         self.assertIsNone(harness.reached_limit(RuntimeError("can't start new thread, info"), LIMITS))
 
+    def test_a_huge_message_is_cut_and_says_so(self):
+        frames = run("def main():\n    raise ValueError('x' * 20_000_000)\n")
+        exception = frames[-1]["failure"]["exception"]
+        self.assertEqual(len(exception["message"]), harness.MAX_MESSAGE)
+        self.assertTrue(exception["message_truncated"])
+        self.assertEqual(len(exception["traceback"]), harness.MAX_TRACEBACK)
+        self.assertTrue(exception["traceback_truncated"])
+
+    def test_undecodable_text_anywhere_becomes_the_replacement_character(self):
+        frames = run("import os, sys\ndef main():\n    sys.exit(os.fsdecode(b'\\xfe\\xff'))\n")
+        self.assertEqual(frames[-1]["failure"]["exit_code"], "\ufffd\ufffd")
+
     def test_memory_error_is_the_memory_limit(self):
         frame = harness.exception_frame(MemoryError(), "main", LIMITS)
         self.assertEqual(frame["failure"], {"code": "memory_limit_exceeded", "memory_limit_bytes": 256 << 20})

@@ -215,14 +215,26 @@ pub fn uids_with_processes(range: &std::ops::Range<u32>) -> Vec<u32> {
     uids
 }
 
-/// The real uid of every process that is not a zombie.
+/// The pids of the live processes running as `uid`.
+pub fn pids_of(uid: u32) -> Vec<u32> {
+    live_processes()
+        .filter(|(_, owner)| *owner == uid)
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
 fn live_uids() -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
+    live_processes().map(|(_, uid)| uid).collect()
+}
+
+/// (pid, real uid) of every process that is not a zombie.
+fn live_processes() -> impl Iterator<Item = (u32, u32)> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
         .flatten()
         .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse().ok()?;
             let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
             let field = |name: &str| {
                 status
@@ -233,9 +245,9 @@ fn live_uids() -> Vec<u32> {
             if field("State:").is_some_and(|state| state.starts_with('Z')) {
                 return None;
             }
-            field("Uid:")?.split_whitespace().next()?.parse().ok()
+            let uid = field("Uid:")?.split_whitespace().next()?.parse().ok()?;
+            Some((pid, uid))
         })
-        .collect()
 }
 
 /// Removes the System V shared memory segments, message queues and semaphore sets owned or

@@ -11,6 +11,7 @@ mod outcome;
 mod process;
 mod profile;
 mod slots;
+mod watchdog;
 
 use std::io;
 use std::os::unix::fs::{PermissionsExt, chown};
@@ -35,8 +36,9 @@ use tokio_util::sync::CancellationToken;
 
 /// nsjail's log is a few lines; more than this is noise.
 const LOG_CAP: usize = 64 * 1024;
-/// Room for the frame envelope around the result.
-const FRAME_OVERHEAD: usize = 64 * 1024;
+/// Room for a frame beyond the result limit: a failure's capped texts, at worst six bytes a
+/// character (see the harness's MAX_* bounds), and the envelope.
+const FRAME_OVERHEAD: usize = 1024 * 1024;
 /// A failed health check is retried at most this often.
 const HEALTH_RETRY: Duration = Duration::from_secs(10);
 /// The canary run at start-up and by the health check: interpreter, harness and jail.
@@ -316,6 +318,15 @@ impl Sandbox {
             result: self.limits.result_bytes + FRAME_OVERHEAD,
             log: LOG_CAP,
         };
+        // Without a cgroup, memory is bounded per process only: watch the execution as a whole.
+        let watchdog = self.cgroups.is_none().then(|| {
+            let mut dirs = Vec::new();
+            if !self.profile.namespaced() {
+                dirs.push(workdir.join(command::TMP_DIR));
+                dirs.extend(cleanup::SHARED_TMP.iter().map(PathBuf::from));
+            }
+            watchdog::Watchdog::start(slot.uid, dirs, self.limits.memory_bytes)
+        });
         let finished = process::run(
             cmd,
             command::FDS,
@@ -325,8 +336,17 @@ impl Sandbox {
         )
         .await
         .map_err(|source| self.spawn_error(source))?;
+        let over_memory = match watchdog {
+            Some(watchdog) => watchdog.stop().await,
+            None => false,
+        };
         let usage = slot.release().await;
-        let outcome = outcome::classify(&finished, self.profile, usage.oom_killed, &self.limits)?;
+        let outcome = outcome::classify(
+            &finished,
+            self.profile,
+            usage.oom_killed || over_memory,
+            &self.limits,
+        )?;
         Ok(Execution {
             outcome,
             output: outcome::output(finished),

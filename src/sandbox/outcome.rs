@@ -41,10 +41,13 @@ enum Termination {
 const SIGXCPU: i32 = 24;
 
 /// Decides what happened; an error only when the harness never started (a broken sandbox).
+/// What the service observed itself wins over the harness's report: its deadline, then a
+/// memory kill (the cgroup's OOM killer, or the watchdog where there is no cgroup: passing the
+/// limit is a failure even if `main()` went on to return), then how the process ended.
 pub fn classify(
     finished: &Finished,
     profile: Profile,
-    oom_killed: bool,
+    memory_killed: bool,
     limits: &Limits,
 ) -> Result<Outcome, SandboxError> {
     let Finished {
@@ -63,15 +66,14 @@ pub fn classify(
         Ended::Exited(_) if !report.started => {
             return Err(SandboxError::Unavailable(startup_failure(log, stderr)));
         }
+        Ended::Exited(_) if memory_killed => ScriptFailure::MemoryLimitExceeded {
+            memory_limit_bytes: limits.memory_bytes,
+        },
         Ended::Exited(status) => match report.outcome {
             Some(Ok(Reported::Returned(value))) => return Ok(Outcome::Returned(value)),
             Some(Ok(Reported::Failed(failure))) => failure,
             Some(Err(error)) => ScriptFailure::ResultUnreadable {
                 problem: error.to_string(),
-            },
-            // The kernel's OOM killer struck in the execution's cgroup: a SIGKILL nobody sent.
-            None if oom_killed => ScriptFailure::MemoryLimitExceeded {
-                memory_limit_bytes: limits.memory_bytes,
             },
             None => {
                 let termination = if profile.namespaced() {

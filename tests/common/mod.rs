@@ -6,6 +6,8 @@
     reason = "a failed unwrap is a failed test"
 )]
 
+pub mod service;
+
 use std::net::SocketAddr;
 use std::path::Path;
 
