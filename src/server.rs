@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::app::AppState;
 use crate::http::router;
@@ -116,6 +116,8 @@ struct Activity {
     in_flight: AtomicUsize,
     /// When the connection last had no request in flight, and whether it ever had one.
     quiet: Mutex<(Instant, bool)>,
+    /// Wakes the watch when a request begins or ends: the deadline moves.
+    changed: Notify,
 }
 
 /// A request in flight; its drop records the end.
@@ -126,12 +128,14 @@ impl Activity {
         Self {
             in_flight: AtomicUsize::new(0),
             quiet: Mutex::new((Instant::now(), false)),
+            changed: Notify::new(),
         }
     }
 
     fn begin(self: &Arc<Self>) -> Busy {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         self.quiet.lock().unwrap_or_else(PoisonError::into_inner).1 = true;
+        self.changed.notify_one();
         Busy(Arc::clone(self))
     }
 
@@ -148,13 +152,17 @@ impl Activity {
             if self.in_flight.load(Ordering::SeqCst) == 0 && Instant::now() >= deadline {
                 return;
             }
-            // Busy or not yet due: look again when it could be due at the earliest.
+            // Busy or not yet due: look again when it could be due at the earliest, or when a
+            // request begins or ends.
             let next = if Instant::now() < deadline {
                 deadline
             } else {
                 Instant::now() + limit
             };
-            tokio::time::sleep_until(next.into()).await;
+            tokio::select! {
+                () = tokio::time::sleep_until(next.into()) => {}
+                () = self.changed.notified() => {}
+            }
         }
     }
 }
