@@ -5,7 +5,7 @@
 SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: setup run test build
+.PHONY: setup run test build bench
 
 setup:
 	@bash scripts/setup.sh
@@ -25,3 +25,7 @@ test: setup
 	RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps --document-private-items
 	PYTHONDONTWRITEBYTECODE=1 /opt/pyexec/sandbox/bin/python3 -m unittest discover -s src/harness -v
 	cargo test --locked
+
+# The benchmark: baselines and the service in one run, written to BENCHMARKS.md (~4 minutes).
+bench: setup
+	cargo bench --locked --bench service

@@ -69,8 +69,8 @@ pub struct SandboxConfig {
     /// start (fail closed) rather than degrade to `cloudrun`. Default `cloudrun`;
     /// env `PYEXEC_REQUIRE_PROFILE`.
     pub require: Profile,
-    /// The directory holding the profiles (`strict.cfg`, `cloudrun.cfg`) and the seccomp
-    /// policy (`seccomp.kafel`). Default `nsjail`, relative to the working directory;
+    /// The directory holding the profiles (`strict.cfg`, `cloudrun.cfg`). Default `nsjail`,
+    /// relative to the working directory;
     /// env `PYEXEC_PROFILE_DIR`.
     pub profile_dir: PathBuf,
     /// Where the instance's directory (`pyexec-<block>`) holding each execution's private

@@ -249,5 +249,12 @@ async fn drain(graceful: GracefulShutdown, state: &AppState) {
             );
         }
     }
+    // Answers do not wait for their teardown; the exit does.
+    if tokio::time::timeout(ANSWER_AFTER_CANCEL, sandbox.idle())
+        .await
+        .is_err()
+    {
+        tracing::error!("executions still being swept; exiting anyway");
+    }
     tracing::info!("stopped");
 }

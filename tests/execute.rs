@@ -440,7 +440,8 @@ async fn concurrent_requests_each_get_their_own_answer() {
             (&json!(i * 10), &json!(format!("{i}\n")))
         );
     }
-    assert!(app.leftovers().is_empty(), "{:?}", app.leftovers());
+    let left = app.leftovers_after_sweeps().await;
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[tokio::test]
@@ -450,7 +451,8 @@ async fn no_files_or_processes_outlive_an_execution() {
     ok(&app, script).await;
     let forever = "import subprocess\ndef main():\n    subprocess.Popen(['/bin/sleep', '60'])\n    while True:\n        pass\n";
     failed(&app, forever, "time_limit_exceeded").await;
-    assert!(app.leftovers().is_empty(), "{:?}", app.leftovers());
+    let left = app.leftovers_after_sweeps().await;
+    assert!(left.is_empty(), "{left:?}");
     let left = app.processes_left().await;
     assert!(left.is_empty(), "{left:?}");
 }

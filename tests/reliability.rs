@@ -171,7 +171,8 @@ async fn slow_bodies_hold_no_sandbox_and_no_queue_place() {
         "{body}"
     );
     for trickler in tricklers {
-        assert!(trickler.await.unwrap().starts_with("HTTP/1.1 408"));
+        let answer = trickler.await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
     }
 }
 
@@ -359,7 +360,7 @@ async fn nsjail_disappearing_while_running_is_503_not_500() {
         (503, "sandbox_unavailable"),
         "{body}"
     );
-    assert!(app.leftovers().is_empty());
+    assert!(app.leftovers_after_sweeps().await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -409,6 +410,7 @@ async fn a_full_disk_is_503() {
     let mount = TmpfsMount::new(256 * 1024);
     let app = spawn_app_with(|config| config.sandbox.work_root = mount.path().to_owned()).await;
     assert_eq!(app.execute("def main():\n    return 1\n").await.0, 200);
+    assert!(app.leftovers_after_sweeps().await.is_empty());
     // The disk fills up while the service runs.
     let _ = std::fs::write(mount.path().join("filler"), vec![0u8; 512 * 1024]);
     let (status, body) = app.execute("def main():\n    return 1\n").await;
@@ -482,7 +484,7 @@ async fn shutdown_lets_in_flight_requests_finish_then_stops_the_rest() {
         "no longer accepting"
     );
     assert!(app.processes_left().await.is_empty());
-    assert!(app.leftovers().is_empty());
+    assert!(app.leftovers_after_sweeps().await.is_empty());
 }
 
 /// A small tmpfs, unmounted on drop (also when the test fails).

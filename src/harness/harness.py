@@ -1,12 +1,21 @@
 """pyexec's harness: runs one user script inside the jail and reports what main() did.
 
-Invoked as `python -I -u -X utf8 -B harness.py SETTINGS SCRIPT_PATH`, where SETTINGS is a
-JSON object from the service: {"result_fd": 3, "rlimits": {NAME: N}, "limits": {NAME: N}}
-(see src/sandbox/command.rs); "limits" are the values failures report.
+Cold, it is invoked as `python -I -u -X utf8 -B harness.py SETTINGS SCRIPT_PATH`, where
+SETTINGS is a JSON object from the service: {"result_fd": 3, "seccomp": [HEX, ...],
+"rlimits": {NAME: N}, "limits": {NAME: N}} (see src/sandbox/command.rs); "limits" are the
+values failures report. Warm, the zygote (zygote.py) imports it once and calls enter() and
+run() in each child it forks.
 
 Before any user code runs it lowers its own rlimits (address space where no cgroup bounds
 memory, processes, CPU time, file size, open files): a process may always lower its own,
-even where nsjail may not set them (Cloud Run's first generation).
+even where nsjail may not set them (Cloud Run's first generation). Then it sets
+no_new_privs and installs the service's seccomp filters (compiled in src/sandbox/seccomp.rs),
+and only then says "started": no filter, no script.
+
+Only what the success path needs is imported up front (each import is paid by every cold
+execution), and what a failure needs even when the script used up its descriptors or memory
+(traceback); the rarest paths (inspect for a main that is not a plain function, asyncio)
+import theirs when they happen.
 
 The report travels on its own file descriptor (RESULT_FD, passed in by nsjail), never on
 stdout or stderr, so nothing the script prints can corrupt or fake it. It is a sequence of
@@ -25,7 +34,6 @@ binary (include_str!) so harness and service can never drift apart.
 
 import errno
 import faulthandler
-import inspect
 import json
 import math
 import os
@@ -88,15 +96,16 @@ def finish(send, frame):
     os._exit(0)
 
 
+SURROGATES = dict.fromkeys(range(0xD800, 0xE000), 0xFFFD)
+
+
 def utf8(text):
     """`text` as UTF-8. A lone surrogate (a str made from undecodable bytes, as os.fsdecode
     makes) has no UTF-8 form, so it becomes U+FFFD, as undecodable output does."""
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:
-        import re
-
-        return re.sub("[\ud800-\udfff]", "\ufffd", text).encode("utf-8")
+        return text.translate(SURROGATES).encode("utf-8")
 
 
 def capped(text, limit):
@@ -240,7 +249,26 @@ def not_serializable_frame(value, error):
     return failed("result_not_serializable", type=bad_type, path=path, problem=problem)
 
 
+CO_COROUTINE = 0x80
+
+
+def is_plain_function(function):
+    """A function whose own code object says what it takes: no wrapper, no partial."""
+    return isinstance(function, types.FunctionType) and not hasattr(function, "__wrapped__")
+
+
 def required_parameters(function):
+    """The parameters main() cannot be called without. Read from the code object for a plain
+    function (importing inspect costs every execution ~12 ms); inspect for anything else."""
+    if is_plain_function(function):
+        code = function.__code__
+        positional = code.co_varnames[: code.co_argcount]
+        defaults = len(function.__defaults__ or ())
+        keyword = code.co_varnames[code.co_argcount : code.co_argcount + code.co_kwonlyargcount]
+        given = function.__kwdefaults__ or {}
+        return list(positional[: len(positional) - defaults]) + [k for k in keyword if k not in given]
+    import inspect
+
     try:
         signature = inspect.signature(function)
     except (TypeError, ValueError):
@@ -251,6 +279,14 @@ def required_parameters(function):
         if parameter.default is inspect.Parameter.empty
         and parameter.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
     ]
+
+
+def is_coroutine_function(function):
+    if is_plain_function(function):
+        return bool(function.__code__.co_flags & CO_COROUTINE)
+    import inspect
+
+    return inspect.iscoroutinefunction(function)
 
 
 def apply_rlimits(rlimits):
@@ -264,8 +300,48 @@ def apply_rlimits(rlimits):
         resource.setrlimit(which, (min(soft, hard), hard))
 
 
-def main():
-    settings, script_path = json.loads(sys.argv[1]), sys.argv[2]
+class Filters:
+    """The service's seccomp filters, made ready once (the zygote does it before forking) and
+    installed by install(), after no_new_privs. Failing to install one raises: the caller
+    must not run the script then."""
+
+    PR_SET_NO_NEW_PRIVS = 38
+    PR_SET_SECCOMP = 22
+    SECCOMP_MODE_FILTER = 2
+
+    def __init__(self, programs):
+        import ctypes
+
+        class Program(ctypes.Structure):
+            _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+        self._ctypes = ctypes
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._buffers = [ctypes.create_string_buffer(bytes.fromhex(text)) for text in programs]
+        self._programs = [
+            Program(len(text) // 16, ctypes.addressof(buffer))
+            for text, buffer in zip(programs, self._buffers)
+        ]
+
+    def _prctl(self, option, argument, pointer=None):
+        ctypes = self._ctypes
+        zero = ctypes.c_ulong(0)
+        second = ctypes.byref(pointer) if pointer is not None else zero
+        if self._libc.prctl(option, ctypes.c_ulong(argument), second, zero, zero) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, f"prctl({option}): {os.strerror(error)}")
+
+    def install(self):
+        self._prctl(self.PR_SET_NO_NEW_PRIVS, 1)
+        for program in self._programs:
+            self._prctl(self.PR_SET_SECCOMP, self.SECCOMP_MODE_FILTER, program)
+
+
+def enter(settings, filters):
+    """Makes this process a harness for one script: its report channel, its limits, its
+    filters. Returns the reporter once it has said "started"; no user code ran before."""
+    global HARNESS_PID
+    HARNESS_PID = os.getpid()
     limits = settings["limits"]
     reporter = Reporter(settings["result_fd"])
     faulthandler.enable(file=sys.stderr)
@@ -276,10 +352,13 @@ def main():
     signal.signal(signal.SIGXCPU, lambda *_: finish(reporter.send, cpu_exceeded))
     # Files the script creates are private to its uid unless it says otherwise.
     os.umask(0o077)
+    filters.install()
     reporter.send({"event": "started"})
+    return reporter
 
-    with open(script_path, "rb") as file:
-        source = file.read()
+
+def run(reporter, limits, source):
+    """Compiles, loads and calls the script's main(), and reports; never returns."""
     try:
         code = compile(source, SCRIPT_FILENAME, "exec", dont_inherit=True)
     except (SyntaxError, ValueError) as exc:
@@ -313,7 +392,7 @@ def main():
         finish(reporter.send, failed("main_requires_arguments", parameters=required))
 
     try:
-        if inspect.iscoroutinefunction(function):
+        if is_coroutine_function(function):
             import asyncio
 
             value = asyncio.run(function())
@@ -335,6 +414,14 @@ def main():
             "result_too_large", result_bytes=len(encoded), limit_bytes=limits["result_bytes"]
         ))
     finish(reporter.send_result, encoded)
+
+
+def main():
+    settings, script_path = json.loads(sys.argv[1]), sys.argv[2]
+    reporter = enter(settings, Filters(settings["seccomp"]))
+    with open(script_path, "rb") as file:
+        source = file.read()
+    run(reporter, settings["limits"], source)
 
 
 if __name__ == "__main__":

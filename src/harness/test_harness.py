@@ -37,7 +37,7 @@ def run(script, limits=LIMITS):
     with tempfile.TemporaryDirectory() as work, tempfile.TemporaryFile() as result:
         with open(os.path.join(work, "main.py"), "w", encoding="utf-8") as file:
             file.write(script)
-        settings = {"result_fd": result.fileno(), "rlimits": {}, "limits": limits}
+        settings = {"result_fd": result.fileno(), "seccomp": [], "rlimits": {}, "limits": limits}
         subprocess.run(
             [sys.executable, "-I", "-u", "-X", "utf8", "-B", os.path.join(HERE, "harness.py"),
              json.dumps(settings), "main.py"],

@@ -9,7 +9,6 @@ use serde_json::json;
 use tokio::process::Command;
 
 use super::process::ExtraFds;
-use super::profile::SECCOMP_POLICY;
 use crate::config::{Limits, Profile, SandboxConfig};
 use crate::harness::{HARNESS_FILE, SCRIPT_FILE};
 
@@ -54,6 +53,11 @@ pub struct Run<'a> {
     pub uid: u32,
     /// The cgroup directories to join, if memory and processes are bounded by a cgroup.
     pub cgroup_dirs: &'a [PathBuf],
+    /// What the interpreter runs: the harness, or (the benchmark's baseline) these arguments.
+    pub python_args: Option<&'a [&'a str]>,
+    /// The seccomp filters the harness installs before any user code, hex-encoded
+    /// (`seccomp::filters`).
+    pub seccomp: &'a [String],
 }
 
 /// nsjail nowhere else than here: nsjail itself gets an empty environment. The whole chain
@@ -71,8 +75,6 @@ pub fn build(run: &Run<'_>) -> Command {
     let dir = &run.config.profile_dir;
     cmd.arg("--config")
         .arg(dir.join(run.profile.config_file()))
-        .arg("--seccomp_policy")
-        .arg(dir.join(SECCOMP_POLICY))
         .args([
             "--log_fd",
             &FDS.log.to_string(),
@@ -106,15 +108,17 @@ pub fn build(run: &Run<'_>) -> Command {
     for pair in THREAD_ENV {
         cmd.args(["--env", pair]);
     }
-    cmd.arg("--")
-        .arg(&run.config.python)
+    cmd.arg("--").arg(&run.config.python);
+    match run.python_args {
+        Some(args) => cmd.args(args),
         // Isolated mode (no env, no user site, no script dir on sys.path), unbuffered so output
         // written before a kill is not lost, UTF-8 whatever the locale, no bytecode writes.
-        .args(["-I", "-u", "-X", "utf8", "-B", HARNESS_FILE])
-        .arg(harness_settings(run).to_string())
-        .arg(SCRIPT_FILE)
-        .env_clear()
-        .current_dir(run.workdir);
+        None => cmd
+            .args(["-I", "-u", "-X", "utf8", "-B", HARNESS_FILE])
+            .arg(harness_settings(run).to_string())
+            .arg(SCRIPT_FILE),
+    };
+    cmd.env_clear().current_dir(run.workdir);
     cmd
 }
 
@@ -141,6 +145,7 @@ fn harness_settings(run: &Run<'_>) -> serde_json::Value {
     }
     json!({
         "result_fd": FDS.result,
+        "seccomp": run.seccomp,
         "rlimits": rlimits,
         "limits": {
             "result_bytes": limits.result_bytes,
@@ -182,6 +187,8 @@ mod tests {
             workdir: Path::new("/tmp/pyexec-abc"),
             uid: 990_001,
             cgroup_dirs: cgroups,
+            python_args: None,
+            seccomp: &[],
         }
     }
 
@@ -197,10 +204,6 @@ mod tests {
         assert_eq!(cmd.as_std().get_program(), SETSID);
         assert_eq!(args[0], "/opt/pyexec/bin/nsjail");
         assert!(has(&args, ["--config", "nsjail/strict.cfg"]), "{args:?}");
-        assert!(
-            has(&args, ["--seccomp_policy", "nsjail/seccomp.kafel"]),
-            "{args:?}"
-        );
         assert!(has(&args, ["--time_limit", "4"]), "{args:?}");
         assert!(
             has(&args, ["--user", "65534:990001:1"]) && has(&args, ["--group", "65534:990001:1"]),

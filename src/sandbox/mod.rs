@@ -8,8 +8,10 @@ mod cgroup;
 mod cleanup;
 mod command;
 mod outcome;
+mod phases;
 mod process;
 mod profile;
+mod seccomp;
 mod slots;
 mod watchdog;
 
@@ -30,6 +32,7 @@ use crate::harness;
 use crate::validate::{Script, validate};
 use block::Block;
 use cgroup::Cgroups;
+use phases::Phases;
 use process::Caps;
 use slots::{Refused, Slots};
 use tokio_util::sync::CancellationToken;
@@ -59,6 +62,8 @@ pub struct Sandbox {
     cancel: CancellationToken,
     /// Numbers execution directories.
     executions: AtomicU64,
+    /// The seccomp filters every script gets, compiled once, hex-encoded for the harness.
+    seccomp: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -140,6 +145,10 @@ impl Sandbox {
             }),
             cancel,
             executions: AtomicU64::new(0),
+            seccomp: seccomp::filters(seccomp::Subject::Script)
+                .iter()
+                .map(|program| hex(program))
+                .collect(),
         }
     }
 
@@ -250,6 +259,11 @@ impl Sandbox {
         self.cancel.cancel();
     }
 
+    /// Completes once every execution has run and been swept (teardown follows the answer).
+    pub async fn idle(&self) {
+        self.slots.idle().await;
+    }
+
     /// The uids this instance's executions run as.
     pub fn slot_uids(&self) -> std::ops::Range<u32> {
         self.slots.uids()
@@ -291,18 +305,26 @@ impl Sandbox {
     }
 
     /// Runs `script` in a fresh jail once a slot is free, and waits for it, at most the time
-    /// limit.
+    /// limit. The answer does not wait for the teardown: the slot keeps its place (and so
+    /// counts in admission) until its sweep is done, in the background.
     #[tracing::instrument(skip_all, fields(script_bytes = script.as_str().len()))]
     pub async fn execute(
         &self,
         ticket: Ticket,
         script: &Script,
     ) -> Result<Execution, SandboxError> {
+        let begun = Instant::now();
         let mut slot = ticket.acquire().await?;
+        let mut phases = Phases {
+            queue: begun.elapsed(),
+            ..Phases::default()
+        };
         slot.sweep_files = !self.profile.namespaced();
-        let (workdir, cgroup) = self.prepare(slot.uid, script).await?;
+        let prepared = self.prepare(slot.uid, script).await?;
+        (phases.workdir, phases.cgroup) = (prepared.workdir_took, prepared.cgroup_took);
+        let workdir = prepared.workdir;
         // From here the slot owns both: on every path its sweep removes them with the rest.
-        slot.hold(workdir.clone(), cgroup);
+        slot.hold(workdir.clone(), prepared.cgroup);
         let cgroup_dirs = slot.cgroup().map(cgroup::Cgroup::dirs).unwrap_or_default();
         let cmd = command::build(&command::Run {
             config: &self.config,
@@ -311,6 +333,8 @@ impl Sandbox {
             workdir: &workdir,
             uid: slot.uid,
             cgroup_dirs,
+            python_args: None,
+            seccomp: &self.seccomp,
         });
         let caps = Caps {
             stdout: self.limits.output_bytes,
@@ -336,11 +360,19 @@ impl Sandbox {
         )
         .await
         .map_err(|source| self.spawn_error(source))?;
+        phases.set_run(
+            finished.spawned_at,
+            finished.result.first_at,
+            finished.result.last_at,
+            finished.spawned_at + finished.elapsed,
+        );
         let over_memory = match watchdog {
             Some(watchdog) => watchdog.stop().await,
             None => false,
         };
-        let usage = slot.release().await;
+        // Two small reads of the kernel's in-memory cgroup files, before the group goes.
+        let usage = slot.cgroup().map(cgroup::Cgroup::usage).unwrap_or_default();
+        slot.release_later(phases, "cold");
         let outcome = outcome::classify(
             &finished,
             self.profile,
@@ -352,6 +384,50 @@ impl Sandbox {
             output: outcome::output(finished),
             memory_peak_bytes: usage.memory_peak_bytes,
         })
+    }
+
+    /// The benchmark's baseline: a cold jail with exactly an execution's flags, slot, directory
+    /// and cgroup, running the sandbox's Python with `python_args` instead of the harness. How
+    /// long the jail took, from spawn to exit; an error if it did not exit 0.
+    pub async fn baseline(&self, python_args: &[&str]) -> Result<Duration, SandboxError> {
+        let mut slot = self.admit()?.acquire().await?;
+        let nothing = validate(CANARY.to_owned(), CANARY.len())
+            .map_err(|error| SandboxError::Unavailable(error.to_string()))?;
+        let prepared = self.prepare(slot.uid, &nothing).await?;
+        let workdir = prepared.workdir;
+        slot.hold(workdir.clone(), prepared.cgroup);
+        let cmd = command::build(&command::Run {
+            config: &self.config,
+            limits: &self.limits,
+            profile: self.profile,
+            workdir: &workdir,
+            uid: slot.uid,
+            cgroup_dirs: slot.cgroup().map(cgroup::Cgroup::dirs).unwrap_or_default(),
+            python_args: Some(python_args),
+            seccomp: &self.seccomp,
+        });
+        let caps = Caps {
+            stdout: LOG_CAP,
+            stderr: LOG_CAP,
+            result: LOG_CAP,
+            log: LOG_CAP,
+        };
+        let finished = process::run(
+            cmd,
+            command::FDS,
+            self.limits.time_limit(),
+            caps,
+            &self.cancel,
+        )
+        .await
+        .map_err(|source| self.spawn_error(source))?;
+        match finished.ended {
+            process::Ended::Exited(status) if status.success() => Ok(finished.elapsed),
+            _ => Err(SandboxError::Unavailable(format!(
+                "the baseline jail failed: {}",
+                String::from_utf8_lossy(&finished.stderr.bytes)
+            ))),
+        }
     }
 
     /// Runs the canary script and records the result for [`Sandbox::health`].
@@ -431,11 +507,7 @@ impl Sandbox {
 
     /// The execution's private directory and, where cgroups are writable, its cgroup: made on
     /// the blocking pool, since both are file-system work.
-    async fn prepare(
-        &self,
-        uid: u32,
-        script: &Script,
-    ) -> Result<(PathBuf, Option<cgroup::Cgroup>), SandboxError> {
+    async fn prepare(&self, uid: u32, script: &Script) -> Result<Prepared, SandboxError> {
         let parent = self.block.as_ref().map_or_else(
             || self.config.work_root.clone(),
             |block| block.work_dir().to_owned(),
@@ -447,10 +519,12 @@ impl Sandbox {
         let cgroups = self.cgroups.clone();
         let limits = self.limits.clone();
         blocking(move || {
+            let started = Instant::now();
             if let Err(error) = workdir(&dir, namespaced, uid, &script) {
                 cleanup::remove_or_quarantine(&dir);
                 return Err(error);
             }
+            let workdir_took = started.elapsed();
             let cgroup = cgroups
                 .map(|cgroups| cgroups.create(&format!("run-{uid}"), &limits))
                 .transpose()
@@ -461,10 +535,34 @@ impl Sandbox {
                         source,
                     }
                 })?;
-            Ok((dir, cgroup))
+            Ok(Prepared {
+                workdir: dir,
+                cgroup,
+                workdir_took,
+                cgroup_took: started.elapsed().saturating_sub(workdir_took),
+            })
         })
         .await?
     }
+}
+
+/// An execution's directory and cgroup, and how long each took to make.
+struct Prepared {
+    workdir: PathBuf,
+    cgroup: Option<cgroup::Cgroup>,
+    workdir_took: Duration,
+    cgroup_took: Duration,
+}
+
+/// Lower-case hexadecimal, which the harness reads with `bytes.fromhex`.
+fn hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut text, byte| {
+            use std::fmt::Write as _;
+            let _ = write!(text, "{byte:02x}");
+            text
+        })
 }
 
 /// Runs file-system work on the blocking pool, so no async worker waits on a disk (or on a

@@ -189,16 +189,20 @@ mod tests {
             stdout: Captured {
                 bytes: b"out \xff".to_vec(),
                 truncated: false,
+                ..Captured::default()
             },
             stderr: Captured::default(),
             result: Captured {
                 bytes: result.as_bytes().to_vec(),
                 truncated: false,
+                ..Captured::default()
             },
             log: Captured {
                 bytes: log.as_bytes().to_vec(),
                 truncated: false,
+                ..Captured::default()
             },
+            spawned_at: std::time::Instant::now(),
             elapsed: Duration::from_millis(5),
         }
     }
@@ -247,6 +251,7 @@ mod tests {
             stderr: Captured {
                 bytes: b"[E] config failed\n[W] detail\nmore\n[F] giving up\n".to_vec(),
                 truncated: false,
+                ..Captured::default()
             },
             ..finished(Some(255 << 8), "", "")
         };

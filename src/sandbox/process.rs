@@ -14,6 +14,8 @@ use tokio::net::unix::pipe;
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
+/// Bytes read from a pipe at a time.
+const READ_CHUNK: usize = 64 * 1024;
 /// How long to keep reading pipes after the process is gone: a descendant that escaped the
 /// process group could hold them open for ever.
 const DRAIN_GRACE: Duration = Duration::from_millis(500);
@@ -36,11 +38,14 @@ pub struct Caps {
     pub log: usize,
 }
 
-/// The first bytes read from a pipe, and whether more were discarded.
+/// The first bytes read from a pipe, whether more were discarded, and when bytes first and
+/// last arrived (for the phases of an execution).
 #[derive(Debug, Default)]
 pub struct Captured {
     pub bytes: Vec<u8>,
     pub truncated: bool,
+    pub first_at: Option<Instant>,
+    pub last_at: Option<Instant>,
 }
 
 /// How the process ended, as the service observed it.
@@ -61,6 +66,8 @@ pub struct Finished {
     pub stderr: Captured,
     pub result: Captured,
     pub log: Captured,
+    /// When the process was spawned, and how long until it ended with every pipe read.
+    pub spawned_at: Instant,
     pub elapsed: Duration,
 }
 
@@ -159,6 +166,7 @@ pub async fn run(
         stderr,
         result,
         log,
+        spawned_at: started,
         elapsed: started.elapsed(),
     })
 }
@@ -170,13 +178,19 @@ async fn read_capped(
     cap: usize,
     into: &mut Captured,
 ) -> io::Result<()> {
-    (&mut reader)
-        .take(cap as u64)
-        .read_to_end(&mut into.bytes)
-        .await?;
-    let dropped = tokio::io::copy(&mut reader, &mut tokio::io::sink()).await?;
-    into.truncated = dropped > 0;
-    Ok(())
+    let mut chunk = vec![0; READ_CHUNK];
+    loop {
+        let n = reader.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        let now = Instant::now();
+        into.first_at.get_or_insert(now);
+        into.last_at = Some(now);
+        let room = cap.saturating_sub(into.bytes.len());
+        into.bytes.extend_from_slice(&chunk[..n.min(room)]);
+        into.truncated |= n > room;
+    }
 }
 
 /// SIGKILLs a process group when dropped, so no path (error, timeout, cancelled request)

@@ -8,9 +8,6 @@ use utoipa::ToSchema;
 
 use crate::config::Profile;
 
-/// The seccomp policy both profiles apply.
-pub const SECCOMP_POLICY: &str = "seccomp.kafel";
-
 /// What bounds an execution's memory and process count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]

@@ -20,8 +20,9 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::cgroup::{Cgroup, CgroupUsage};
+use super::cgroup::Cgroup;
 use super::cleanup;
+use super::phases::Phases;
 
 /// The pool of slots.
 #[derive(Debug)]
@@ -68,8 +69,13 @@ pub struct Slot {
     /// needed where scripts can write there (no mount namespace).
     pub sweep_files: bool,
     pool: Arc<Slots>,
-    permit: Option<(OwnedSemaphorePermit, Ticket)>,
+    /// The slot itself, held until the sweep is done.
+    permit: Option<OwnedSemaphorePermit>,
+    /// The request's place in admission, given back as soon as its answer is ready.
+    ticket: Option<Ticket>,
     held: Held,
+    /// Logged, with the teardown's own time, once the sweep is done.
+    phases: Option<(Phases, &'static str)>,
 }
 
 /// What an execution holds besides its uid; the slot's sweep removes it, off the async workers.
@@ -128,6 +134,12 @@ impl Slots {
         self.uids.clone()
     }
 
+    /// Completes once no slot is in use: every execution ran and was swept.
+    pub async fn idle(&self) {
+        let all = u32::try_from(self.uids.len()).unwrap_or(u32::MAX);
+        let _ = self.permits.acquire_many(all).await;
+    }
+
     /// Keeps what could not be deleted for the next sweep.
     pub fn quarantine(&self, paths: impl IntoIterator<Item = PathBuf>) {
         self.quarantined
@@ -182,8 +194,10 @@ impl Ticket {
             uid,
             sweep_files: false,
             pool,
-            permit: Some((permit, self)),
+            permit: Some(permit),
+            ticket: Some(self),
             held: Held::default(),
+            phases: None,
         })
     }
 }
@@ -208,23 +222,33 @@ impl Slot {
     }
 
     /// Sweeps and frees the slot, returning once nothing of the execution is left (the next
-    /// execution, on any slot, starts from a clean host), with what its cgroup measured.
-    pub async fn release(mut self) -> CgroupUsage {
-        match self.sweeper() {
-            Some(sweep) => tokio::task::spawn_blocking(sweep).await.unwrap_or_default(),
-            None => CgroupUsage::default(),
+    /// execution, on any slot, starts from a clean host).
+    pub async fn release(mut self) {
+        if let Some(sweep) = self.sweeper() {
+            let _ = tokio::task::spawn_blocking(sweep).await;
         }
     }
 
+    /// Sweeps and frees the slot in the background, and logs the execution's `phases` with
+    /// the sweep's own time. The request's admission place is free at once; the slot (and so
+    /// the concurrency it counts against) only once the sweep is done, so a request that
+    /// arrives meanwhile waits for it rather than being refused.
+    pub fn release_later(mut self, phases: Phases, path: &'static str) {
+        self.ticket = None;
+        self.phases = Some((phases, path));
+    }
+
     /// The sweep, once: it owns what must outlive the slot until the sweep is done.
-    fn sweeper(&mut self) -> Option<impl FnOnce() -> CgroupUsage + Send + 'static> {
-        let (permit, ticket) = self.permit.take()?;
+    fn sweeper(&mut self) -> Option<impl FnOnce() + Send + 'static> {
+        let permit = self.permit.take()?;
+        let ticket = self.ticket.take();
         let uid = self.uid;
         let pool = Arc::clone(&self.pool);
         let Held { workdir, cgroup } = std::mem::take(&mut self.held);
         let sweep_files = self.sweep_files;
+        let phases = self.phases.take();
         Some(move || {
-            let usage = cgroup.as_ref().map(Cgroup::usage).unwrap_or_default();
+            let started = std::time::Instant::now();
             drop(cgroup);
             // Nothing of the uid runs any more, so nothing moves in its trees while they go.
             cleanup::kill_uid(uid);
@@ -244,7 +268,10 @@ impl Slot {
                 .push(uid);
             drop(permit);
             drop(ticket);
-            usage
+            if let Some((mut phases, path)) = phases {
+                phases.teardown = started.elapsed();
+                phases.log(path);
+            }
         })
     }
 }
@@ -256,7 +283,7 @@ impl Drop for Slot {
         // Off the async workers: the sweep waits for dying processes and walks directories.
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => drop(runtime.spawn_blocking(sweep)),
-            Err(_) => drop(sweep()),
+            Err(_) => sweep(),
         }
     }
 }

@@ -28,6 +28,9 @@ const MAX_ENTRIES: usize = 50_000;
 /// A running watchdog; stopping (or dropping) it ends the watch.
 #[derive(Debug)]
 pub struct Watchdog {
+    uid: u32,
+    dirs: Vec<PathBuf>,
+    limit_bytes: u64,
     done: Arc<AtomicBool>,
     tripped: Arc<AtomicBool>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -39,7 +42,7 @@ impl Watchdog {
         let done = Arc::new(AtomicBool::new(false));
         let tripped = Arc::new(AtomicBool::new(false));
         let task = {
-            let (done, tripped) = (Arc::clone(&done), Arc::clone(&tripped));
+            let (done, tripped, dirs) = (Arc::clone(&done), Arc::clone(&tripped), dirs.clone());
             tokio::task::spawn_blocking(move || {
                 let socket_bytes = default_socket_buffer();
                 while !done.load(Ordering::SeqCst) {
@@ -60,19 +63,29 @@ impl Watchdog {
             })
         };
         Self {
+            uid,
+            dirs,
+            limit_bytes,
             done,
             tripped,
             task: Some(task),
         }
     }
 
-    /// Ends the watch; whether the execution was stopped for passing its limit.
+    /// Ends the watch, measuring once more first: what the execution left in files counts
+    /// even if it was written between two ticks. Whether it passed its limit.
     pub async fn stop(mut self) -> bool {
         self.done.store(true, Ordering::SeqCst);
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
-        self.tripped.load(Ordering::SeqCst)
+        let (uid, dirs, limit) = (self.uid, std::mem::take(&mut self.dirs), self.limit_bytes);
+        let over = tokio::task::spawn_blocking(move || {
+            measure(uid, &dirs, default_socket_buffer()) > limit
+        })
+        .await
+        .unwrap_or(false);
+        over || self.tripped.load(Ordering::SeqCst)
     }
 }
 

@@ -135,7 +135,14 @@ impl TestApp {
         read(self.client.get(self.url(path)).send().await.unwrap()).await
     }
 
-    /// Names left in the app's work directory: empty once every execution has cleaned up.
+    /// Names left in the app's work directory once the sweeps that follow answers are done
+    /// (waits up to 5 s for them): empty when every execution cleaned up.
+    pub async fn leftovers_after_sweeps(&self) -> Vec<String> {
+        wait_until(|| self.leftovers().is_empty()).await;
+        self.leftovers()
+    }
+
+    /// Names left in the app's work directory now.
     pub fn leftovers(&self) -> Vec<String> {
         std::fs::read_dir(&self.work_dir)
             .unwrap()

@@ -4,6 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -19,6 +20,8 @@ pub struct Service {
     /// Where the service makes per-execution cgroups, as its start-up log says.
     pub cgroup_parents: Vec<std::path::PathBuf>,
     pub work_root: std::path::PathBuf,
+    /// Every JSON line the service logged so far.
+    pub events: Arc<Mutex<Vec<Value>>>,
     /// Removed with the service, when the service made it.
     own_work_root: Option<tempfile::TempDir>,
     _config_dir: tempfile::TempDir,
@@ -73,12 +76,15 @@ impl Service {
             .unwrap();
         let stderr = BufReader::new(child.stderr.take().unwrap());
         let (tx, rx) = std::sync::mpsc::channel();
-        // Reads the log for the cgroups and the listening address, then keeps draining it.
+        let events = Arc::new(Mutex::new(Vec::new()));
+        // Reads the log for the cgroups and the listening address, and keeps every line.
+        let kept = Arc::clone(&events);
         std::thread::spawn(move || {
             for line in stderr.lines().map_while(Result::ok) {
                 let Ok(event) = serde_json::from_str::<Value>(&line) else {
                     continue;
                 };
+                kept.lock().unwrap().push(event.clone());
                 let fields: &[&str] = match event["message"].as_str() {
                     Some("sandbox ready") => &["uids", "cgroups"],
                     Some("listening") => &["addr"],
@@ -106,6 +112,7 @@ impl Service {
             uids,
             cgroup_parents,
             work_root: work_root.to_owned(),
+            events,
             own_work_root: None,
             _config_dir: config_dir,
         }
