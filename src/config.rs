@@ -95,6 +95,13 @@ pub struct SandboxConfig {
     /// How long a request may wait for a sandbox before it gets 503, in milliseconds.
     /// Default 10,000.
     pub queue_timeout_ms: u64,
+    /// Run scripts on the warm path (a zygote that imported the harness and `preload` once
+    /// forks a fresh jail per script) where it starts; false runs every script in a cold
+    /// jail. Default true; env `PYEXEC_WARM`.
+    pub warm: bool,
+    /// Modules the warm path imports once, so scripts do not pay for them. Default
+    /// `["numpy", "pandas"]`.
+    pub preload: Vec<String>,
 }
 
 /// Per-execution limits (also shown by `GET /`).
@@ -229,6 +236,8 @@ impl Default for SandboxConfig {
             max_concurrency: 0,
             max_queue: 16,
             queue_timeout_ms: 10_000,
+            warm: true,
+            preload: vec!["numpy".to_owned(), "pandas".to_owned()],
         }
     }
 }
@@ -352,6 +361,7 @@ impl Config {
         override_from(&env, "PYEXEC_WORK_ROOT", &mut sandbox.work_root)?;
         override_from(&env, "PYEXEC_MAX_CONCURRENCY", &mut sandbox.max_concurrency)?;
         override_from(&env, "PYEXEC_MAX_QUEUE", &mut sandbox.max_queue)?;
+        override_from(&env, "PYEXEC_WARM", &mut sandbox.warm)?;
         override_from(
             &env,
             "PYEXEC_SHUTDOWN_GRACE_MS",
@@ -402,8 +412,8 @@ impl Config {
                 "server.max_connections must be at least 1",
             ),
             (
-                self.sandbox.concurrency() > 1000,
-                "sandbox.max_concurrency must be at most 1000 (a block of uids)",
+                self.sandbox.concurrency() > 999,
+                "sandbox.max_concurrency must be at most 999 (a block of uids, less the zygote's)",
             ),
             (
                 self.sandbox.uid_base > u32::MAX - 64_000,

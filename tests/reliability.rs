@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{error_code, spawn_app_with};
+use common::{error_code, spawn_app, spawn_app_with};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -344,7 +344,13 @@ async fn nsjail_disappearing_while_running_is_503_not_500() {
     let dir = tempfile::tempdir().unwrap();
     let nsjail = dir.path().join("nsjail");
     std::os::unix::fs::symlink("/opt/pyexec/bin/nsjail", &nsjail).unwrap();
-    let app = spawn_app_with(|config| config.sandbox.nsjail.clone_from(&nsjail)).await;
+    // The cold path, which starts nsjail for every execution (the warm path's zygote keeps
+    // running without the file; its own failure is the next test's).
+    let app = spawn_app_with(|config| {
+        config.sandbox.nsjail.clone_from(&nsjail);
+        config.sandbox.warm = false;
+    })
+    .await;
     assert_eq!(app.execute("def main():\n    return 1\n").await.0, 200);
     std::fs::remove_file(&nsjail).unwrap();
     let (status, body) = app.execute("def main():\n    return 1\n").await;
@@ -361,6 +367,36 @@ async fn nsjail_disappearing_while_running_is_503_not_500() {
         "{body}"
     );
     assert!(app.leftovers_after_sweeps().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zygote_killed_from_outside_costs_no_request_and_comes_back() {
+    let app = spawn_app().await;
+    assert!(app.warm, "the warm path runs");
+    let zygote = app.uids.start - app.uids.start % 1000 + 999;
+    let pids: Vec<i32> = common::processes_of(zygote)
+        .iter()
+        .map(|process| process.split(':').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(!pids.is_empty(), "the zygote runs as the block's last uid");
+    for pid in pids {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+    // Meanwhile scripts run cold; then the warm path is back.
+    for _ in 0..3 {
+        let (status, body) = app
+            .execute("def main():\n    return 'still served'\n")
+            .await;
+        assert_eq!(
+            (status, &body["result"]),
+            (200, &json!("still served")),
+            "{body}"
+        );
+    }
+    let back = common::wait_until(|| !common::processes_of(zygote).is_empty()).await;
+    assert!(back, "a new zygote started");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

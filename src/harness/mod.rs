@@ -17,12 +17,30 @@ use crate::failure::ScriptFailure;
 
 /// The harness, run as `python harness.py SETTINGS SCRIPT`.
 const HARNESS: &str = include_str!("harness.py");
+/// The warm path's zygote, which imports the harness from beside itself.
+const ZYGOTE: &str = include_str!("zygote.py");
 /// The harness's file name inside an execution's directory.
 pub const HARNESS_FILE: &str = "harness.py";
 /// The script's file name: tracebacks name it, so it reads as the caller's file.
 pub const SCRIPT_FILE: &str = "main.py";
 /// The protocol version this service understands.
 const PROTOCOL_VERSION: u32 = 2;
+
+/// Writes the zygote and the harness into `dir`, readable by everyone (the zygote runs as an
+/// unprivileged host uid).
+pub fn install_zygote(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .mode(0o755)
+        .recursive(true)
+        .create(dir)?;
+    for (name, text) in [("zygote.py", ZYGOTE), (HARNESS_FILE, HARNESS)] {
+        let path = dir.join(name);
+        std::fs::write(&path, text)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
+    }
+    Ok(())
+}
 
 /// Writes the harness and the script into an execution's directory.
 pub fn install(dir: &Path, script: &str) -> io::Result<()> {

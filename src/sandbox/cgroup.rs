@@ -131,6 +131,15 @@ impl Cgroup {
         &self.dirs
     }
 
+    /// Moves the process `pid` (and its threads) into the group. A write to the kernel's
+    /// in-memory cgroup files: quick, so done in place.
+    pub fn join(&self, pid: i32) -> io::Result<()> {
+        for dir in &self.dirs {
+            std::fs::write(dir.join("cgroup.procs"), pid.to_string())?;
+        }
+        Ok(())
+    }
+
     /// What the group measured, read before it is removed.
     pub fn usage(&self) -> CgroupUsage {
         CgroupUsage {

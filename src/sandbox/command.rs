@@ -30,12 +30,12 @@ const JAIL_ID: u32 = 65534;
 /// groups from its first instruction, with no race and no code of ours between fork and exec.
 const JOIN_CGROUPS: &str = r#"while [ "$1" != "--" ]; do echo $$ > "$1/cgroup.procs" || exit 125; shift; done; shift; exec "$@""#;
 
-/// BLAS and OpenMP pools sized to one thread, so numpy stays inside the process limit.
+/// BLAS and OpenMP pools, sized to one thread.
 const THREAD_ENV: [&str; 4] = [
-    "OPENBLAS_NUM_THREADS=1",
-    "OMP_NUM_THREADS=1",
-    "MKL_NUM_THREADS=1",
-    "NUMEXPR_NUM_THREADS=1",
+    "OPENBLAS_NUM_THREADS",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
 ];
 
 /// Starts its command in a new session (util-linux, in every Debian image).
@@ -82,7 +82,7 @@ pub fn build(run: &Run<'_>) -> Command {
             &FDS.result.to_string(),
         ])
         .args(["--time_limit", &backstop_secs(run.limits).to_string()]);
-    let (jail_workdir, tmp) = if run.profile.namespaced() {
+    if run.profile.namespaced() {
         let ids = format!("{JAIL_ID}:{}:1", run.uid);
         let mut bind = OsString::from(run.workdir);
         bind.push(format!(":{JAIL_WORKDIR}"));
@@ -93,20 +93,16 @@ pub fn build(run: &Run<'_>) -> Command {
                 "--mount",
                 &format!("none:/tmp:tmpfs:size={}", run.limits.tmp_bytes),
             ]);
-        (PathBuf::from(JAIL_WORKDIR), PathBuf::from("/tmp"))
     } else {
         let id = run.uid.to_string();
         cmd.args(["--user", &id, "--group", &id]);
-        (run.workdir.to_owned(), run.workdir.join(TMP_DIR))
-    };
-    cmd.arg("--cwd").arg(&jail_workdir);
-    for name in ["TMPDIR", "HOME"] {
-        let mut pair = OsString::from(format!("{name}="));
-        pair.push(&tmp);
-        cmd.arg("--env").arg(pair);
     }
-    for pair in THREAD_ENV {
-        cmd.args(["--env", pair]);
+    let (cwd, _) = jail_paths(run.profile, run.workdir);
+    cmd.arg("--cwd").arg(&cwd);
+    for (name, value) in script_env(run.profile, run.workdir) {
+        let mut pair = OsString::from(format!("{name}="));
+        pair.push(&value);
+        cmd.arg("--env").arg(pair);
     }
     cmd.arg("--").arg(&run.config.python);
     match run.python_args {
@@ -122,6 +118,99 @@ pub fn build(run: &Run<'_>) -> Command {
     cmd
 }
 
+/// The warm path's jail: where the zygote lives (see `zygote.rs`).
+#[derive(Debug)]
+pub struct ZygoteJail<'a> {
+    pub config: &'a SandboxConfig,
+    pub profile: Profile,
+    /// The host directory holding `zygote.py` and `harness.py`.
+    pub dir: &'a Path,
+    /// The zygote's own host uid and gid (root inside its user namespace).
+    pub uid: u32,
+    /// The slots' host uids, which its children take.
+    pub slot_uids: std::ops::Range<u32>,
+}
+
+/// Where a namespaced zygote sees its files.
+const ZYGOTE_DIR: &str = "/zygote";
+
+/// The zygote's jail: the profile's config with what a zygote needs on top. It stays up (no
+/// time limit); it keeps its capabilities, which inside its user namespace (strict) let it
+/// build its children's jails, and it never runs user code; its children's uids are mapped
+/// (inside uid `n + 1` is the slot uid `first + n`); `/tmp` and `/sandbox` exist for them to
+/// mount over. The control socket is descriptor 3.
+pub fn zygote(jail: &ZygoteJail<'_>) -> Command {
+    let mut cmd = Command::new(SETSID);
+    cmd.arg(&jail.config.nsjail)
+        .arg("--config")
+        .arg(jail.config.profile_dir.join(jail.profile.config_file()))
+        .args([
+            "--pass_fd",
+            &FDS.result.to_string(),
+            "--time_limit",
+            "0",
+            "--keep_caps",
+        ]);
+    let dir = if jail.profile.namespaced() {
+        let own = format!("0:{}:1", jail.uid);
+        let slots = format!("1:{}:{}", jail.slot_uids.start, jail.slot_uids.len());
+        for ids in [&own, &slots] {
+            cmd.args(["--user", ids, "--group", ids]);
+        }
+        let mut bind = OsString::from(jail.dir);
+        bind.push(format!(":{ZYGOTE_DIR}"));
+        cmd.arg("--bindmount_ro").arg(bind).args([
+            "--mount",
+            "none:/tmp:tmpfs:size=4096",
+            "--mount",
+            &format!("none:{JAIL_WORKDIR}:tmpfs:size=4096"),
+            "--cwd",
+            "/",
+        ]);
+        PathBuf::from(ZYGOTE_DIR)
+    } else {
+        cmd.args(["--user", "0", "--group", "0", "--cwd"])
+            .arg(jail.dir);
+        jail.dir.to_owned()
+    };
+    for (name, value) in script_env(jail.profile, Path::new("/")) {
+        let mut pair = OsString::from(format!("{name}="));
+        pair.push(&value);
+        cmd.arg("--env").arg(pair);
+    }
+    cmd.arg("--")
+        .arg(&jail.config.python)
+        .args(["-I", "-u", "-X", "utf8", "-B"])
+        .arg(dir.join("zygote.py"))
+        .env_clear()
+        .current_dir(jail.dir);
+    cmd
+}
+
+/// Where a script runs and where its temp directory is, as the script sees them: a
+/// namespaced jail has the execution's directory at `/sandbox` and a private `/tmp`; without
+/// namespaces both are on the host, in the execution's directory.
+pub fn jail_paths(profile: Profile, workdir: &Path) -> (PathBuf, PathBuf) {
+    if profile.namespaced() {
+        (PathBuf::from(JAIL_WORKDIR), PathBuf::from("/tmp"))
+    } else {
+        (workdir.to_owned(), workdir.join(TMP_DIR))
+    }
+}
+
+/// A script's whole environment: `PATH`, its temp directory as `TMPDIR` and `HOME`, and
+/// single-threaded BLAS and OpenMP pools (so numpy stays inside the process limit).
+pub fn script_env(profile: Profile, workdir: &Path) -> Vec<(&'static str, OsString)> {
+    let (_, tmp) = jail_paths(profile, workdir);
+    let mut env = vec![
+        ("PATH", OsString::from("/usr/local/bin:/usr/bin:/bin")),
+        ("TMPDIR", tmp.clone().into_os_string()),
+        ("HOME", tmp.into_os_string()),
+    ];
+    env.extend(THREAD_ENV.map(|name| (name, OsString::from("1"))));
+    env
+}
+
 /// nsjail's own `time_limit` is whole seconds and only a backstop: the service enforces the
 /// real limit in milliseconds (and in `-Me` mode nsjail does not enforce it at all).
 fn backstop_secs(limits: &Limits) -> u64 {
@@ -132,7 +221,13 @@ fn backstop_secs(limits: &Limits) -> u64 {
 /// user code runs. Memory is an address-space limit only where no cgroup bounds it: address
 /// space overcounts (numpy maps far more than it touches), so a cgroup is the better bound.
 fn harness_settings(run: &Run<'_>) -> serde_json::Value {
-    let limits = run.limits;
+    let mut settings = settings(run.limits, !run.cgroup_dirs.is_empty());
+    settings["seccomp"] = json!(run.seccomp);
+    settings
+}
+
+/// The harness's settings but for its seccomp filters (the warm path's zygote holds those).
+pub fn settings(limits: &Limits, cgroup: bool) -> serde_json::Value {
     let mut rlimits = json!({
         "NPROC": limits.processes,
         "CPU": [limits.cpu_secs, limits.cpu_secs + 1],
@@ -140,12 +235,11 @@ fn harness_settings(run: &Run<'_>) -> serde_json::Value {
         "NOFILE": limits.open_files,
         "CORE": 0,
     });
-    if run.cgroup_dirs.is_empty() {
+    if !cgroup {
         rlimits["AS"] = json!(limits.memory_bytes);
     }
     json!({
         "result_fd": FDS.result,
-        "seccomp": run.seccomp,
         "rlimits": rlimits,
         "limits": {
             "result_bytes": limits.result_bytes,

@@ -14,6 +14,7 @@ mod profile;
 mod seccomp;
 mod slots;
 mod watchdog;
+mod zygote;
 
 use std::io;
 use std::os::unix::fs::{PermissionsExt, chown};
@@ -33,9 +34,10 @@ use crate::validate::{Script, validate};
 use block::Block;
 use cgroup::Cgroups;
 use phases::Phases;
-use process::Caps;
-use slots::{Refused, Slots};
+use process::{Caps, Finished};
+use slots::{Refused, Slot, Slots};
 use tokio_util::sync::CancellationToken;
+use zygote::{Warm, Zygote};
 
 /// nsjail's log is a few lines; more than this is noise.
 const LOG_CAP: usize = 64 * 1024;
@@ -64,6 +66,8 @@ pub struct Sandbox {
     executions: AtomicU64,
     /// The seccomp filters every script gets, compiled once, hex-encoded for the harness.
     seccomp: Vec<String>,
+    /// The warm path, where it is on and started.
+    warm: Option<Arc<Warm>>,
 }
 
 #[derive(Debug, Clone)]
@@ -145,10 +149,8 @@ impl Sandbox {
             }),
             cancel,
             executions: AtomicU64::new(0),
-            seccomp: seccomp::filters(seccomp::Subject::Script)
-                .iter()
-                .map(|program| hex(program))
-                .collect(),
+            seccomp: hex_filters(seccomp::Subject::Script),
+            warm: None,
         }
     }
 
@@ -195,7 +197,7 @@ impl Sandbox {
                 .ok();
         }
         let Err(strict_failure) = sandbox.check().await else {
-            return Ok(sandbox.finish_start());
+            return Ok(sandbox.finish_start().await);
         };
         if sandbox.config.profile == ProfileChoice::Auto {
             sandbox.profile = Profile::CloudRun;
@@ -213,28 +215,39 @@ impl Sandbox {
                      (no mount, pid or network namespace; see SECURITY.md). Set sandbox.require = \"strict\" \
                      to refuse to start instead."
                 );
-                return Ok(sandbox.finish_start());
+                return Ok(sandbox.finish_start().await);
             }
             // Neither works, so the fault is not the kernel's: stay on the stronger profile.
             sandbox.profile = Profile::Strict;
             sandbox.record(Err(strict_failure));
         }
-        Ok(sandbox.finish_start())
+        Ok(sandbox.finish_start().await)
     }
 
     /// Logs how the sandbox came up.
-    fn finish_start(self) -> Self {
+    /// Starts the warm path where it is on and the sandbox works, and logs how it came up.
+    async fn finish_start(mut self) -> Self {
         let health = self
             .health
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .status
             .clone();
+        if health.is_ok()
+            && self.config.warm
+            && let Err(reason) = self.start_warm().await
+        {
+            tracing::warn!(
+                reason,
+                "the warm path did not start: every script runs cold"
+            );
+        }
         match health {
             Ok(()) => {
                 tracing::info!(
                     profile = self.profile.name(),
                     limits = ?self.limits_backend(),
+                    warm = self.warm.is_some(),
                     uids = ?self.slot_uids(),
                     cgroups = ?self.cgroup_parents(),
                     "sandbox ready"
@@ -262,6 +275,11 @@ impl Sandbox {
     /// Completes once every execution has run and been swept (teardown follows the answer).
     pub async fn idle(&self) {
         self.slots.idle().await;
+    }
+
+    /// Whether executions run on the warm path now.
+    pub fn is_warm(&self) -> bool {
+        self.warm().is_some()
     }
 
     /// The uids this instance's executions run as.
@@ -325,23 +343,6 @@ impl Sandbox {
         let workdir = prepared.workdir;
         // From here the slot owns both: on every path its sweep removes them with the rest.
         slot.hold(workdir.clone(), prepared.cgroup);
-        let cgroup_dirs = slot.cgroup().map(cgroup::Cgroup::dirs).unwrap_or_default();
-        let cmd = command::build(&command::Run {
-            config: &self.config,
-            limits: &self.limits,
-            profile: self.profile,
-            workdir: &workdir,
-            uid: slot.uid,
-            cgroup_dirs,
-            python_args: None,
-            seccomp: &self.seccomp,
-        });
-        let caps = Caps {
-            stdout: self.limits.output_bytes,
-            stderr: self.limits.output_bytes,
-            result: self.limits.result_bytes + FRAME_OVERHEAD,
-            log: LOG_CAP,
-        };
         // Without a cgroup, memory is bounded per process only: watch the execution as a whole.
         let watchdog = self.cgroups.is_none().then(|| {
             let mut dirs = Vec::new();
@@ -351,15 +352,20 @@ impl Sandbox {
             }
             watchdog::Watchdog::start(slot.uid, dirs, self.limits.memory_bytes)
         });
-        let finished = process::run(
-            cmd,
-            command::FDS,
-            self.limits.time_limit(),
-            caps,
-            &self.cancel,
-        )
-        .await
-        .map_err(|source| self.spawn_error(source))?;
+        let warm = match self.warm() {
+            Some(zygote) => self.run_warm(&zygote, &slot, &workdir, script).await,
+            None => Err(zygote::Unavailable("the warm path is off".to_owned())),
+        };
+        let (finished, path) = match warm {
+            Ok(finished) => (finished, "warm"),
+            Err(unavailable) => {
+                if let Some(warm) = &self.warm {
+                    tracing::debug!(reason = %unavailable, "running cold");
+                    warm.restart();
+                }
+                (self.run_cold(&slot, &workdir).await?, "cold")
+            }
+        };
         phases.set_run(
             finished.spawned_at,
             finished.result.first_at,
@@ -372,7 +378,14 @@ impl Sandbox {
         };
         // Two small reads of the kernel's in-memory cgroup files, before the group goes.
         let usage = slot.cgroup().map(cgroup::Cgroup::usage).unwrap_or_default();
-        slot.release_later(phases, "cold");
+        // A namespaced jail leaves nothing any other execution could see: its sweep can follow
+        // the answer. Without namespaces, what it left in the shared temp directories must be
+        // gone before anyone learns it ended.
+        if self.profile.namespaced() {
+            slot.release_later(phases, path);
+        } else {
+            slot.release_now(phases, path).await;
+        }
         let outcome = outcome::classify(
             &finished,
             self.profile,
@@ -384,6 +397,140 @@ impl Sandbox {
             output: outcome::output(finished),
             memory_peak_bytes: usage.memory_peak_bytes,
         })
+    }
+
+    fn caps(&self) -> Caps {
+        Caps {
+            stdout: self.limits.output_bytes,
+            stderr: self.limits.output_bytes,
+            result: self.limits.result_bytes + FRAME_OVERHEAD,
+            log: LOG_CAP,
+        }
+    }
+
+    /// A cold jail: nsjail with the harness, started for this execution alone.
+    async fn run_cold(&self, slot: &Slot, workdir: &Path) -> Result<Finished, SandboxError> {
+        let cmd = command::build(&command::Run {
+            config: &self.config,
+            limits: &self.limits,
+            profile: self.profile,
+            workdir,
+            uid: slot.uid,
+            cgroup_dirs: slot.cgroup().map(cgroup::Cgroup::dirs).unwrap_or_default(),
+            python_args: None,
+            seccomp: &self.seccomp,
+        });
+        let time_limit = self.limits.time_limit();
+        process::run(cmd, command::FDS, time_limit, self.caps(), &self.cancel)
+            .await
+            .map_err(|source| self.spawn_error(source))
+    }
+
+    /// A child of the zygote, in the slot's cgroup before it does anything; `Unavailable` when
+    /// the zygote could not give one (the execution then goes cold).
+    async fn run_warm(
+        &self,
+        zygote: &Zygote,
+        slot: &Slot,
+        workdir: &Path,
+        script: &Script,
+    ) -> Result<Finished, zygote::Unavailable> {
+        let unavailable = |error: io::Error| zygote::Unavailable(error.to_string());
+        let (stdout, stdout_writer) = process::pipe().map_err(unavailable)?;
+        let (stderr, stderr_writer) = process::pipe().map_err(unavailable)?;
+        let (result, result_writer) = process::pipe().map_err(unavailable)?;
+        let (cwd, _) = command::jail_paths(self.profile, workdir);
+        let env: serde_json::Map<String, serde_json::Value> =
+            command::script_env(self.profile, workdir)
+                .into_iter()
+                .map(|(name, value)| (name.to_owned(), value.to_string_lossy().into()))
+                .collect();
+        let uid = if self.profile.namespaced() {
+            slot.uid - self.slots.uids().start + 1
+        } else {
+            slot.uid
+        };
+        let job = serde_json::json!({
+            "uid": uid,
+            "cwd": cwd,
+            "tmp_bytes": self.limits.tmp_bytes,
+            "env": env,
+            "settings": command::settings(&self.limits, slot.cgroup().is_some()),
+            "script": script.as_str(),
+        });
+        let started = Instant::now();
+        let mut forked = zygote
+            .fork(
+                job.to_string().as_bytes(),
+                [stdout_writer, stderr_writer, result_writer],
+            )
+            .await?;
+        if let Some(cgroup) = slot.cgroup() {
+            cgroup.join(forked.pid()).map_err(unavailable)?;
+        }
+        forked.go().map_err(unavailable)?;
+        let pipes = process::Pipes {
+            stdout,
+            stderr,
+            result,
+            log: None,
+        };
+        let time_limit = self.limits.time_limit();
+        process::supervise(
+            &mut forked,
+            pipes,
+            started,
+            time_limit,
+            self.caps(),
+            &self.cancel,
+        )
+        .await
+        .map_err(unavailable)
+    }
+
+    /// The zygote, if the warm path is on and it runs.
+    fn warm(&self) -> Option<Arc<Zygote>> {
+        self.warm.as_ref().and_then(|warm| warm.zygote())
+    }
+
+    /// Starts the warm path and proves it with the canary; it stays off if either fails (and
+    /// the caller says why).
+    async fn start_warm(&mut self) -> Result<(), String> {
+        let Some(block) = &self.block else {
+            return Err("the sandbox has not been started".to_owned());
+        };
+        let dir = block.work_dir().join("zygote");
+        let install = dir.clone();
+        blocking(move || harness::install_zygote(&install))
+            .await
+            .map_err(|error| error.to_string())?
+            .map_err(|error| format!("cannot write the zygote: {error}"))?;
+        let init = serde_json::json!({
+            "namespaces": self.profile.namespaced(),
+            "preload": self.config.preload,
+            "seccomp": {
+                "zygote": hex_filters(seccomp::Subject::Zygote),
+                "script": self.seccomp,
+            },
+        });
+        let warm = Arc::new(Warm::new(
+            self.config.clone(),
+            self.profile,
+            dir,
+            block.uids().end - 1,
+            self.slots.uids(),
+            init,
+        ));
+        warm.start().await?;
+        self.warm = Some(warm);
+        match self.check().await {
+            Ok(()) => Ok(()),
+            Err(reason) => {
+                self.warm = None;
+                self.record(Ok(()));
+                Err(format!("the canary failed on the warm path: {reason}"))
+            }
+        }
     }
 
     /// The benchmark's baseline: a cold jail with exactly an execution's flags, slot, directory
@@ -552,6 +699,14 @@ struct Prepared {
     cgroup: Option<cgroup::Cgroup>,
     workdir_took: Duration,
     cgroup_took: Duration,
+}
+
+/// The seccomp filters for `subject`, hex-encoded for the harness.
+fn hex_filters(subject: seccomp::Subject) -> Vec<String> {
+    seccomp::filters(subject)
+        .iter()
+        .map(|program| hex(program))
+        .collect()
 }
 
 /// Lower-case hexadecimal, which the harness reads with `bytes.fromhex`.

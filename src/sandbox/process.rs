@@ -2,6 +2,7 @@
 //! capped concurrent reads of every pipe, and the whole process group killed and reaped on
 //! every path (including when the caller's future is dropped). Knows nothing about Python.
 
+use std::future::Future;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::process::{ExitStatus, Stdio};
@@ -71,8 +72,36 @@ pub struct Finished {
     pub elapsed: Duration,
 }
 
-/// Spawns `cmd` (stdin from /dev/null, every output piped), reads all pipes concurrently with
-/// `caps`, and kills the process group at `deadline` or when `cancel` fires. `cmd` must make
+/// A jailed process being supervised: something that can be waited for and killed. The cold
+/// path's is a spawned nsjail; the warm path's a child of the zygote (`zygote.rs`).
+pub trait Jailed: Send {
+    /// Completes when the process has ended, with its wait status.
+    fn wait(&mut self) -> impl Future<Output = io::Result<ExitStatus>> + Send;
+    /// Kills it and whatever it left in its process group, on every path (it may have
+    /// ended already).
+    fn kill(&mut self);
+}
+
+/// The read ends of a jailed process's pipes.
+#[derive(Debug)]
+pub struct Pipes {
+    pub stdout: pipe::Receiver,
+    pub stderr: pipe::Receiver,
+    pub result: pipe::Receiver,
+    /// nsjail's own log, where nsjail supervises.
+    pub log: Option<pipe::Receiver>,
+}
+
+/// A pipe's two ends, the read end ready for tokio.
+pub fn pipe() -> io::Result<(pipe::Receiver, OwnedFd)> {
+    let (reader, writer) = io::pipe()?;
+    Ok((
+        pipe::Receiver::from_owned_fd(OwnedFd::from(reader))?,
+        OwnedFd::from(writer),
+    ))
+}
+
+/// Spawns `cmd` (stdin from /dev/null, every output piped) and supervises it. `cmd` must make
 /// itself a session leader (start under `setsid`), so its process group is its own and its id
 /// is the child's pid.
 pub async fn run(
@@ -82,19 +111,19 @@ pub async fn run(
     caps: Caps,
     cancel: &CancellationToken,
 ) -> io::Result<Finished> {
-    let (result_reader, result_writer) = io::pipe()?;
-    let (log_reader, log_writer) = io::pipe()?;
+    let (result, result_writer) = pipe()?;
+    let (log, log_writer) = pipe()?;
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .fd_mappings(vec![
             FdMapping {
-                parent_fd: OwnedFd::from(result_writer),
+                parent_fd: result_writer,
                 child_fd: fds.result,
             },
             FdMapping {
-                parent_fd: OwnedFd::from(log_writer),
+                parent_fd: log_writer,
                 child_fd: fds.log,
             },
         ])
@@ -105,49 +134,69 @@ pub async fn run(
     // The command owns our copies of the write ends: drop it so EOF arrives when the child exits.
     drop(cmd);
     let mut child = spawned?;
-    let group = GroupKiller(
-        child
-            .id()
-            .and_then(|id| i32::try_from(id).ok())
-            .and_then(Pid::from_raw),
-    );
-
     let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
         return Err(io::Error::other("stdout and stderr must be piped"));
     };
-    let result = pipe::Receiver::from_owned_fd(OwnedFd::from(result_reader))?;
-    let log = pipe::Receiver::from_owned_fd(OwnedFd::from(log_reader))?;
+    let pipes = Pipes {
+        stdout: pipe::Receiver::from_owned_fd(stdout.into_owned_fd()?)?,
+        stderr: pipe::Receiver::from_owned_fd(stderr.into_owned_fd()?)?,
+        result,
+        log: Some(log),
+    };
+    let group = child
+        .id()
+        .and_then(|id| i32::try_from(id).ok())
+        .and_then(Pid::from_raw);
+    let mut spawned = Spawned { child, group };
+    supervise(&mut spawned, pipes, started, deadline, caps, cancel).await
+}
+
+/// Reads every pipe of `jailed` concurrently with `caps` while waiting for it, and kills it at
+/// `deadline` (counted from `started`) or when `cancel` fires; on every path it is killed and
+/// waited for before this returns.
+pub async fn supervise(
+    jailed: &mut impl Jailed,
+    pipes: Pipes,
+    started: Instant,
+    deadline: Duration,
+    caps: Caps,
+    cancel: &CancellationToken,
+) -> io::Result<Finished> {
     let mut captured: [Captured; 4] = Default::default();
     let [out, err, res, lg] = &mut captured;
-
     let (ended, read) = {
+        let log = async {
+            match pipes.log {
+                Some(log) => read_capped(log, caps.log, lg).await,
+                None => Ok(()),
+            }
+        };
         let readers = async {
             tokio::try_join!(
-                read_capped(stdout, caps.stdout, out),
-                read_capped(stderr, caps.stderr, err),
-                read_capped(result, caps.result, res),
-                read_capped(log, caps.log, lg),
+                read_capped(pipes.stdout, caps.stdout, out),
+                read_capped(pipes.stderr, caps.stderr, err),
+                read_capped(pipes.result, caps.result, res),
+                log,
             )
         };
         let mut readers = std::pin::pin!(readers);
         let mut read = None;
         // Read while waiting, so a full pipe never blocks the child.
-        let waited = tokio::time::timeout(deadline, async {
+        let waited = tokio::time::timeout(deadline.saturating_sub(started.elapsed()), async {
             loop {
                 tokio::select! {
                     done = &mut readers, if read.is_none() => read = Some(done),
-                    status = child.wait() => return status.map(Ended::Exited),
+                    status = jailed.wait() => return status.map(Ended::Exited),
                     () = cancel.cancelled() => return Ok(Ended::Cancelled),
                 }
             }
         })
         .await;
         let ended = waited.unwrap_or(Ok(Ended::TimedOut))?;
-        // Whatever the child left behind in its group dies now; then reap the child itself.
-        drop(group);
+        // Whatever it left behind in its group dies now; then it is waited for itself.
+        jailed.kill();
         if !matches!(ended, Ended::Exited(_)) {
-            child.start_kill()?;
-            child.wait().await?;
+            jailed.wait().await?;
         }
         let read = match read {
             Some(done) => done,
@@ -171,6 +220,33 @@ pub async fn run(
     })
 }
 
+/// The cold path's jailed process: nsjail, spawned by the service.
+struct Spawned {
+    child: tokio::process::Child,
+    group: Option<Pid>,
+}
+
+impl Jailed for Spawned {
+    fn wait(&mut self) -> impl Future<Output = io::Result<ExitStatus>> + Send {
+        self.child.wait()
+    }
+
+    fn kill(&mut self) {
+        if let Some(pid) = self.group {
+            // ESRCH (the group is already empty) is the normal case.
+            let _ = kill_process_group(pid, Signal::KILL);
+        }
+        let _ = self.child.start_kill();
+    }
+}
+
+/// A cancelled request drops its future mid-way: nothing it started may outlive it.
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Reads up to `cap` bytes into `into`, then drains and discards the rest so the writer never
 /// blocks. Writes into the caller's buffer so a cancelled read keeps what it had.
 async fn read_capped(
@@ -190,19 +266,6 @@ async fn read_capped(
         let room = cap.saturating_sub(into.bytes.len());
         into.bytes.extend_from_slice(&chunk[..n.min(room)]);
         into.truncated |= n > room;
-    }
-}
-
-/// SIGKILLs a process group when dropped, so no path (error, timeout, cancelled request)
-/// leaves the script's descendants running.
-struct GroupKiller(Option<Pid>);
-
-impl Drop for GroupKiller {
-    fn drop(&mut self) {
-        if let Some(pid) = self.0 {
-            // ESRCH (the group is already empty) is the normal case.
-            let _ = kill_process_group(pid, Signal::KILL);
-        }
     }
 }
 

@@ -115,6 +115,8 @@ const BUFFER_OPTIONS: [i32; 4] = [
 /// Who a set of filters is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Subject {
+    /// The warm path's zygote: everything but what it needs to jail its children.
+    Zygote,
     /// A script: everything.
     Script,
 }
@@ -213,10 +215,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_filters_are_whole_instructions() {
+    fn scripts_get_more_denied_than_the_zygote() {
+        let zygote = filters(Subject::Zygote);
         let script = filters(Subject::Script);
-        assert_eq!(script.len(), 2);
-        for program in &script {
+        assert_eq!((zygote.len(), script.len()), (2, 2));
+        assert!(script[0].len() > zygote[0].len());
+        for program in zygote.iter().chain(&script) {
             assert_eq!(program.len() % 8, 0);
         }
     }

@@ -229,6 +229,14 @@ impl Slot {
         }
     }
 
+    /// Sweeps and frees the slot now, and logs the execution's `phases` with the sweep's own
+    /// time: where a later execution could see what this one left on the host (no mount
+    /// namespace), before the answer.
+    pub async fn release_now(mut self, phases: Phases, path: &'static str) {
+        self.phases = Some((phases, path));
+        self.release().await;
+    }
+
     /// Sweeps and frees the slot in the background, and logs the execution's `phases` with
     /// the sweep's own time. The request's admission place is free at once; the slot (and so
     /// the concurrency it counts against) only once the sweep is done, so a request that

@@ -32,6 +32,8 @@ pub struct TestApp {
     pub uids: std::ops::Range<u32>,
     /// The app's own directory for executions, in `work_root`.
     pub work_dir: std::path::PathBuf,
+    /// Whether its executions run on the warm path.
+    pub warm: bool,
     /// Starts the graceful shutdown, as SIGTERM does.
     pub shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     /// The server: done once shut down.
@@ -68,6 +70,7 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Config)) -> TestApp {
     let cgroup_parents = state.sandbox.cgroup_parents();
     let uids = state.sandbox.slot_uids();
     let work_dir = state.sandbox.work_dir().unwrap().to_owned();
+    let warm = state.sandbox.is_warm();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (shutdown, signal) = tokio::sync::oneshot::channel::<()>();
@@ -84,6 +87,7 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Config)) -> TestApp {
         cgroup_parents,
         uids,
         work_dir,
+        warm,
         shutdown: Some(shutdown),
         server,
     }
@@ -142,11 +146,12 @@ impl TestApp {
         self.leftovers()
     }
 
-    /// Names left in the app's work directory now.
+    /// Names left in the app's work directory now (but the warm path's own files).
     pub fn leftovers(&self) -> Vec<String> {
         std::fs::read_dir(&self.work_dir)
             .unwrap()
             .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name != "zygote")
             .collect()
     }
 

@@ -172,10 +172,12 @@ impl Service {
             .count()
     }
 
-    /// Execution directories left in the instance's own directory.
+    /// Execution directories left in the instance's own directory (not the warm path's).
     pub fn temp_dirs(&self) -> usize {
         std::fs::read_dir(self.work_root.join(format!("pyexec-{}", self.uids.start)))
             .unwrap()
+            .flatten()
+            .filter(|entry| entry.file_name() != "zygote")
             .count()
     }
 
