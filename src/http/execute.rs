@@ -39,9 +39,13 @@ pub(super) async fn execute(
         outcome,
         output,
         memory_peak_bytes,
+        path,
+        queue_wait,
     } = state.sandbox.execute(ticket, &script).await?;
     let usage = Usage {
-        sandbox_ms: output.duration_ms,
+        path,
+        queue_wait,
+        sandbox_run: std::time::Duration::from_millis(output.duration_ms),
         memory_peak_bytes,
     };
     let answer = match outcome {

@@ -8,6 +8,7 @@ mod extract;
 mod health;
 mod info;
 mod log;
+mod metrics;
 mod openapi;
 
 use axum::Router;
@@ -34,6 +35,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health::health))
         .route("/execute", post(execute::execute))
         .route("/openapi.json", get(openapi::openapi))
+        .route("/metrics", get(metrics::metrics))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(server.max_body_bytes))
@@ -46,7 +48,10 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(CatchPanicLayer::new())
         .layer(axum::middleware::map_response(backstop::json_backstop))
-        .layer(axum::middleware::from_fn(log::access_log))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            log::access_log,
+        ))
         // Listed outermost first: the request id exists before the span reads it.
         .layer(
             ServiceBuilder::new()

@@ -7,13 +7,13 @@ use utoipa::openapi::response::ResponseBuilder;
 use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref};
 use utoipa::{Modify, OpenApi};
 
-use super::{execute, health, info};
+use super::{execute, health, info, metrics};
 use crate::protocol::{ErrorBody, ExecuteRequest, ExecuteResponse, HealthResponse, InfoResponse};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "pyexec", description = "Runs a Python script's main() in an nsjail sandbox."),
-    paths(execute::execute, health::health, info::info, openapi),
+    paths(execute::execute, health::health, info::info, metrics::metrics, openapi),
     components(schemas(ExecuteRequest, ExecuteResponse, ErrorBody, HealthResponse, InfoResponse)),
     modifiers(&EveryOperation)
 )]

@@ -277,6 +277,11 @@ impl Sandbox {
         self.slots.idle().await;
     }
 
+    /// Sandboxes in use (running or being swept) and requests waiting for one, now.
+    pub fn load(&self) -> (usize, usize) {
+        self.slots.load()
+    }
+
     /// Whether executions run on the warm path now.
     pub fn is_warm(&self) -> bool {
         self.warm().is_some()
@@ -396,6 +401,8 @@ impl Sandbox {
             outcome,
             output: outcome::output(finished),
             memory_peak_bytes: usage.memory_peak_bytes,
+            path,
+            queue_wait: phases.queue,
         })
     }
 

@@ -21,6 +21,10 @@ pub struct Execution {
     pub output: ScriptOutput,
     /// The most memory the execution's cgroup held, where there was one.
     pub memory_peak_bytes: Option<u64>,
+    /// Which way it ran: `warm` (a child of the zygote) or `cold` (a jail of its own).
+    pub path: &'static str,
+    /// How long it waited for a slot.
+    pub queue_wait: std::time::Duration,
 }
 
 /// What the script did.

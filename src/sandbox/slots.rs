@@ -134,6 +134,13 @@ impl Slots {
         self.uids.clone()
     }
 
+    /// Slots in use (running or being swept) and tickets waiting for one.
+    pub fn load(&self) -> (usize, usize) {
+        let in_use = self.uids.len() - self.permits.available_permits().min(self.uids.len());
+        let admitted = self.admitted.load(Ordering::SeqCst).min(self.capacity);
+        (in_use, admitted.saturating_sub(in_use))
+    }
+
     /// Completes once no slot is in use: every execution ran and was swept.
     pub async fn idle(&self) {
         let all = u32::try_from(self.uids.len()).unwrap_or(u32::MAX);
