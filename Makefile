@@ -5,7 +5,7 @@
 SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: setup run test build bench
+.PHONY: setup run test build bench lint
 
 setup:
 	@bash scripts/setup.sh
@@ -17,9 +17,15 @@ build: setup
 run: build
 	PYEXEC_CONFIG=config/default.toml exec ./target/release/pyexec
 
+# What ships besides Rust: the Dockerfile (hadolint, pinned in config/tools-requirements.txt)
+# and every shell script (shellcheck, from Debian).
+lint: setup
+	/opt/pyexec/tools/bin/hadolint Dockerfile
+	shellcheck .ci/run $$(find . -name '*.sh' -not -path './target/*' -not -path './.git/*')
+
 # Formatting, lints, docs, the harness's own tests (with the sandbox's Python), then every
-# test against the real nsjail and sandbox Python.
-test: setup
+# test against the real nsjail and sandbox Python, the container image, and a browser.
+test: setup lint
 	cargo fmt --all -- --check
 	cargo clippy --locked --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps --document-private-items

@@ -1,5 +1,7 @@
 //! Log set-up and the request span. Script text and output are never logged.
 
+mod cloud_logging;
+
 use axum::extract::MatchedPath;
 use axum::http::Request;
 use tower_http::request_id::RequestId;
@@ -9,7 +11,8 @@ use tracing_subscriber::EnvFilter;
 use crate::config::LogFormat;
 
 /// Installs the global subscriber: `RUST_LOG` filters (default `info`). Text is coloured only
-/// on a terminal, so a log file or collector gets plain lines.
+/// on a terminal, so a log file or collector gets plain lines; JSON is one Cloud Logging entry
+/// a line ([`cloud_logging`]).
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -18,10 +21,8 @@ pub fn init(format: LogFormat) {
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(cloud_logging::CloudLogging)
             .init(),
         LogFormat::Text => builder.compact().init(),
     }

@@ -1,0 +1,173 @@
+//! What operators see: `GET /metrics` and the JSON log lines, from the real binary with the
+//! image's log format, after real executions. Loopback only.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a failed unwrap is a failed test"
+)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::service::Service;
+use serde_json::{Value, json};
+
+const TRACE: &str = "105445aa7843bc8bf206b12000100000";
+/// Text that appears only in the script and its output, which must never be logged.
+const PRIVATE: &str = "private-payload-7f3a";
+
+/// The sum of a metric's samples whose labels include every one of `labels` (every metric
+/// here counts whole things, so its samples are integers).
+fn sample(metrics: &str, name: &str, labels: &[&str]) -> u64 {
+    metrics
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.rsplit_once(' '))
+        .filter(|(series, _)| {
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            metric == name && labels.iter().all(|label| rest.contains(label))
+        })
+        .map(|(_, value)| value.parse::<u64>().unwrap())
+        .sum()
+}
+
+#[tokio::test]
+async fn metrics_and_json_logs_describe_each_request_without_its_content() {
+    let service = Service::start("", &[("GOOGLE_CLOUD_PROJECT", "test-project")]);
+    let client = reqwest::Client::new();
+    let ok = format!("def main():\n    print('{PRIVATE}')\n    return '{PRIVATE}'\n");
+    let answer = client
+        .post(service.url())
+        .header("X-Cloud-Trace-Context", format!("{TRACE}/1;o=1"))
+        .header("User-Agent", "observability-test/1")
+        .json(&json!({ "script": ok }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let broken = client
+        .post(service.url())
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .json(&json!({ "script": format!("def main(:\n    '{PRIVATE}'\n") }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(broken.status(), 400);
+
+    let base = format!("http://{}", service.addr);
+    let scraped = client.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(scraped.status(), 200);
+    assert_eq!(
+        scraped.headers()["content-type"],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    check_metrics(&scraped.text().await.unwrap());
+    check_log(&service).await;
+}
+
+/// One success and one syntax error, in the strict profile on the warm path.
+fn check_metrics(metrics: &str) {
+    assert!(metrics.ends_with("# EOF\n"), "{metrics}");
+    let profile = "profile=\"strict\"";
+    for (code, count) in [("ok", 1), ("syntax_error", 1)] {
+        let label = format!("code=\"{code}\"");
+        assert_eq!(
+            sample(metrics, "pyexec_executions_total", &[&label, profile]),
+            count,
+            "{metrics}"
+        );
+    }
+    assert_eq!(sample(metrics, "pyexec_queue_wait_seconds_count", &[]), 2);
+    assert_eq!(
+        sample(
+            metrics,
+            "pyexec_sandbox_run_seconds_count",
+            &["path=\"warm\""]
+        ),
+        2,
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            metrics,
+            "pyexec_request_duration_seconds_count",
+            &["route=\"/execute\"", "status=\"400\""]
+        ),
+        1
+    );
+    assert_eq!(sample(metrics, "pyexec_executions_running", &[]), 0);
+    assert_eq!(sample(metrics, "pyexec_executions_queued", &[]), 0);
+    assert_eq!(sample(metrics, "pyexec_warm_pool_size", &[]), 1);
+    assert_eq!(sample(metrics, "pyexec_warm_misses_total", &[]), 0);
+    assert_eq!(
+        sample(metrics, "pyexec_sandbox_start_failures_total", &[]),
+        0
+    );
+    assert_eq!(
+        sample(
+            metrics,
+            "pyexec_build_info",
+            &["version=", profile, "warm=\"true\""]
+        ),
+        1,
+        "{metrics}"
+    );
+}
+
+/// The access log line of each execution, in Cloud Logging's shape.
+async fn check_log(service: &Service) {
+    let requests = || -> Vec<Value> {
+        service
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|event| event["httpRequest"]["requestUrl"] == "/execute")
+            .cloned()
+            .collect()
+    };
+    assert!(common::wait_until(|| requests().len() == 2).await);
+    let lines = requests();
+    let ok_line = &lines[0];
+    assert_eq!(ok_line["severity"], "INFO", "{ok_line}");
+    assert_eq!(ok_line["message"], "request");
+    assert_eq!(ok_line["code"], "ok");
+    assert_eq!(ok_line["path"], "warm");
+    assert!(ok_line["sandbox_ms"].is_u64(), "{ok_line}");
+    assert!(!ok_line["request_id"].as_str().unwrap().is_empty());
+    assert_eq!(
+        ok_line["logging.googleapis.com/trace"],
+        format!("projects/test-project/traces/{TRACE}")
+    );
+    let http = &ok_line["httpRequest"];
+    assert_eq!(http["requestMethod"], "POST");
+    assert_eq!(http["status"], 200);
+    assert_eq!(http["userAgent"], "observability-test/1");
+    assert!(http["requestSize"].as_u64().unwrap() > 0);
+    assert!(http["responseSize"].as_u64().unwrap() > 0);
+    let latency = http["latency"].as_str().unwrap();
+    let seconds: f64 = latency.strip_suffix('s').unwrap().parse().unwrap();
+    assert!(seconds > 0.0 && seconds < 30.0, "{latency}");
+    assert!(ok_line["timestamp"]["seconds"].is_u64());
+
+    let broken_line = &lines[1];
+    assert_eq!(broken_line["code"], "syntax_error");
+    assert_eq!(broken_line["httpRequest"]["status"], 400);
+    assert_eq!(
+        broken_line["logging.googleapis.com/trace"],
+        "projects/test-project/traces/4bf92f3577b34da6a3ce929d0e0e4736"
+    );
+
+    // Every event has a severity, and none holds a script or its output.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let events = service.events.lock().unwrap();
+    assert!(events.len() > 3);
+    for event in events.iter() {
+        assert!(event["severity"].is_string(), "{event}");
+        assert!(!event.to_string().contains(PRIVATE), "{event}");
+    }
+}
