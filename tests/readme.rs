@@ -82,6 +82,11 @@ fn readme_documents_every_setting_with_its_default_and_variable() {
             section = name.trim_end_matches(']').to_owned();
             continue;
         }
+        // A commented-out setting has no default (an example value follows).
+        let (line, no_default) = match line.strip_prefix("# ") {
+            Some(setting) => (setting, true),
+            None => (line, false),
+        };
         let Some((key, rest)) = line.split_once(" = ") else {
             continue;
         };
@@ -89,8 +94,14 @@ fn readme_documents_every_setting_with_its_default_and_variable() {
         let value = value.trim().trim_matches('"');
         let variable = comment
             .split(|c: char| !(c.is_ascii_uppercase() || c == '_'))
-            .find(|word| word.starts_with("PYEXEC_") || *word == "PORT");
-        let row_start = format!("| `{section}.{}` | `{value}`", key.trim());
+            .find(|word| {
+                word.starts_with("PYEXEC_") || ["PORT", "GOOGLE_CLOUD_PROJECT"].contains(word)
+            });
+        let row_start = if no_default {
+            format!("| `{section}.{}` | none |", key.trim())
+        } else {
+            format!("| `{section}.{}` | `{value}`", key.trim())
+        };
         let row = readme.lines().find(|row| row.starts_with(&row_start));
         let documented = row.is_some_and(|row| {
             variable.is_none_or(|variable| row.contains(&format!("`{variable}`")))

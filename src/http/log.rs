@@ -68,6 +68,7 @@ pub async fn access_log(State(state): State<AppState>, request: Request, next: N
         code,
         duration_ms = crate::telemetry::millis(took),
         path = usage.map(|usage| usage.path),
+        queue_ms = usage.map(|usage| crate::telemetry::millis(usage.queue_wait)),
         sandbox_ms = usage.map(|usage| crate::telemetry::millis(usage.sandbox_run)),
         memory_peak_bytes = usage.and_then(|usage| usage.memory_peak_bytes),
         "request"
