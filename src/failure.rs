@@ -32,10 +32,15 @@ pub enum ScriptFailure {
         /// The type of the `main` that is not a function; null when there is none at all.
         main_type: Option<String>,
     },
-    /// `main` has parameters without defaults.
+    /// `main` has parameters without defaults beyond the one `input` fills.
     MainRequiresArguments {
         parameters: Vec<String>,
+        /// Whether the request had `input` (so `main` was to be called as `main(input)`).
+        #[serde(default)]
+        input_given: bool,
     },
+    /// The request has `input`, but `main` takes no positional parameter to receive it.
+    MainTakesNoInput,
     /// The script raised while loading or in `main()`.
     ScriptException {
         phase: Phase,
@@ -144,6 +149,8 @@ pub enum Unserializable {
     /// A container that contains itself.
     Circular,
     TooDeep,
+    /// Two `DataFrame` columns or `Series` labels with the same name: JSON keys must differ.
+    DuplicateKey,
 }
 
 /// How the script left.
@@ -177,6 +184,7 @@ impl ScriptFailure {
             Self::SyntaxError { .. }
             | Self::NoMain { .. }
             | Self::MainRequiresArguments { .. }
+            | Self::MainTakesNoInput
             | Self::ScriptException { .. }
             | Self::ResultNotSerializable { .. }
             | Self::ResultTooLarge { .. }
@@ -222,10 +230,26 @@ impl fmt::Display for ScriptFailure {
                 f,
                 "main is not a function (it is of type {found}): define def main(): ..."
             ),
-            Self::MainRequiresArguments { parameters } => write!(
+            Self::MainRequiresArguments {
+                parameters,
+                input_given: false,
+            } => write!(
                 f,
-                "main() must take no arguments, but it requires: {}",
+                "main() is called with no arguments, but it requires: {} \
+                 (send \"input\" to have it called as main(input))",
                 parameters.join(", ")
+            ),
+            Self::MainRequiresArguments {
+                parameters,
+                input_given: true,
+            } => write!(
+                f,
+                "main() is called as main(input), but it also requires: {}",
+                parameters.join(", ")
+            ),
+            Self::MainTakesNoInput => f.write_str(
+                "the request has \"input\", so main() is called as main(input), but it takes no \
+                 parameters: define def main(input): ... or leave \"input\" out",
             ),
             Self::ScriptException { phase, exception } => {
                 match phase {
@@ -315,7 +339,8 @@ fn unserializable(
     path: &str,
     problem: Unserializable,
 ) -> fmt::Result {
-    const NOT_JSON: &str = "NaN and Infinity are not valid JSON";
+    const NOT_JSON: &str =
+        "NaN and Infinity are not valid JSON (without \"strict_result\" they come back as null)";
     match problem {
         Unserializable::Type => {
             write!(f, "{path} is {} {type_name}", article(type_name))?;
@@ -334,6 +359,10 @@ fn unserializable(
         Unserializable::NegativeInfinity => write!(f, "{path} is -Infinity; {NOT_JSON}"),
         Unserializable::Circular => write!(f, "{path} contains itself (a circular reference)"),
         Unserializable::TooDeep => write!(f, "{path} is nested too deeply to encode"),
+        Unserializable::DuplicateKey => write!(
+            f,
+            "{path} names two columns or labels; JSON keys must be unique, so rename one"
+        ),
     }
 }
 

@@ -6,6 +6,7 @@ pub mod config;
 pub mod failure;
 pub mod harness;
 pub mod http;
+pub mod job;
 pub mod metrics;
 pub mod protocol;
 pub mod sandbox;

@@ -133,7 +133,8 @@ async fn a_script_over_100_kib_of_utf8_is_413_before_any_sandbox() {
 #[tokio::test]
 async fn a_body_far_over_the_limit_is_413_without_being_buffered() {
     let router = router_only(|_| {});
-    let body = format!("{{\"script\": \"#{}\"}}", "x".repeat(8 * 1024 * 1024));
+    // Over the 12 MiB body limit (room for 8 MiB of input files in base64).
+    let body = format!("{{\"script\": \"#{}\"}}", "x".repeat(16 * 1024 * 1024));
     let (status, _, response) =
         oneshot(&router, post_execute(Some("application/json"), body)).await;
     assert_eq!(

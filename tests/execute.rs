@@ -274,24 +274,33 @@ async fn exceptions_carry_type_message_traceback_and_prior_output() {
 #[tokio::test]
 async fn non_json_results_name_the_type() {
     let app = spawn_app().await;
+    // (expression, strict_result, what the message names): what no mapping carries, and with
+    // `strict_result` what only the mapping carries.
     let cases = [
-        ("float('nan')", "NaN"),
-        ("[1, float('inf')]", "Infinity"),
-        ("object()", "object"),
+        ("float('nan')", true, "NaN"),
+        ("[1, float('inf')]", true, "Infinity"),
+        ("object()", false, "object"),
+        ("{1, 2}", false, "set"),
         (
             "{'when': __import__('datetime').date(2024, 1, 1)}",
+            true,
             "datetime.date",
         ),
-        ("__import__('numpy').arange(3)", "numpy.ndarray"),
-        ("{(1, 2): 'tuple key'}", "tuple"),
+        ("__import__('numpy').arange(3)", true, "numpy.ndarray"),
+        ("{(1, 2): 'tuple key'}", false, "tuple"),
     ];
-    for (expression, mentioned) in cases {
-        let body = failed(
-            &app,
-            &format!("def main():\n    return {expression}\n"),
-            "result_not_serializable",
-        )
-        .await;
+    for (expression, strict_result, mentioned) in cases {
+        let (status, body) = app
+            .post_json(&json!({
+                "script": format!("def main():\n    return {expression}\n"),
+                "strict_result": strict_result,
+            }))
+            .await;
+        assert_eq!(
+            (status, error_code(&body)),
+            (400, "result_not_serializable"),
+            "{expression}: {body}"
+        );
         assert!(
             body["error"].as_str().unwrap().contains(mentioned),
             "{expression}: {body}"
@@ -515,6 +524,42 @@ async fn a_huge_exception_message_is_capped_and_flagged() {
                 .as_str()
                 .unwrap()
                 .starts_with("main() raised ValueError: xxx")
+        );
+    }
+}
+
+/// What pandas users return first, answered with the documented JSON (README's mapping).
+#[tokio::test]
+async fn pandas_and_numpy_results_come_back_as_documented_json() {
+    let app = spawn_app().await;
+    let setup = "import pandas as pd\ndf = pd.DataFrame({'a': [1, 2, 4], 'b': [1.5, None, 3.0]})\n";
+    let cases = [
+        ("df['a'].sum()", json!(7), Value::Null),
+        (
+            "df.to_dict()",
+            json!({"a": {"0": 1, "1": 2, "2": 4}, "b": {"0": 1.5, "1": null, "2": 3.0}}),
+            json!({"count": 1, "paths": ["result['b'][1]"]}),
+        ),
+        (
+            "df.describe().loc[['count', 'mean', 'max']]",
+            json!([
+                {"index": "count", "a": 3.0, "b": 2.0},
+                {"index": "mean", "a": 7.0 / 3.0, "b": 2.25},
+                {"index": "max", "a": 4.0, "b": 3.0},
+            ]),
+            Value::Null,
+        ),
+    ];
+    for (expression, expected, nulls) in cases {
+        let (status, body) = app
+            .execute(&format!("{setup}def main():\n    return {expression}\n"))
+            .await;
+        assert_eq!(status, 200, "{expression}: {body}");
+        assert_eq!(body["result"], expected, "{expression}");
+        assert_eq!(
+            body.get("nulls").cloned().unwrap_or(Value::Null),
+            nulls,
+            "{expression}"
         );
     }
 }

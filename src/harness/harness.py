@@ -35,6 +35,7 @@ binary (include_str!) so harness and service can never drift apart.
 import errno
 import faulthandler
 import json
+import linecache
 import math
 import os
 import resource
@@ -68,10 +69,13 @@ class Reporter:
         frame["v"] = PROTOCOL_VERSION
         self._write(utf8(json.dumps(frame, allow_nan=False, ensure_ascii=False)) + b"\n")
 
-    def send_result(self, encoded):
-        """Splices the already-encoded result in verbatim: no second encoding pass."""
-        head = b'{"v": %d, "event": "returned", "result": ' % PROTOCOL_VERSION
-        self._write(head + encoded + b"}\n")
+    def send_result(self, encoded, extra):
+        """Splices the already-encoded result in verbatim: no second encoding pass. `extra`
+        holds the frame's other fields: where the mapping made values null, the files."""
+        head = b'{"v": %d, "event": "returned", ' % PROTOCOL_VERSION
+        for name, value in extra.items():
+            head += b'"%s": %s, ' % (name.encode(), utf8(json.dumps(value, ensure_ascii=False)))
+        self._write(head + b'"result": ' + encoded + b"}\n")
 
     def _write(self, data):
         self._file.write(data)
@@ -249,6 +253,490 @@ def not_serializable_frame(value, error):
     return failed("result_not_serializable", type=bad_type, path=path, problem=problem)
 
 
+# --- The result mapping -------------------------------------------------------------------
+# What json cannot carry but numpy and pandas users return (README's table, checked by
+# test_harness.py): numpy scalars and arrays, DataFrames, Series, Index, dates and times,
+# durations, Decimal; NaN, NaT, pd.NA and ±Infinity become null, and every place that
+# happened is counted (the first MAX_NULL_PATHS named). Anything else is still refused with
+# its path and type. The output is plain JSON text built only from json's own encoders,
+# Python's int/float repr and literals, so no value can add a frame or escape the string it
+# is in; the service's size cap applies to the result as encoded.
+
+MAX_NULL_PATHS = 100
+MAX_DEPTH = 200
+
+
+class Unencodable(Exception):
+    """A part of the result the mapping has no form for."""
+
+    def __init__(self, path, problem, value):
+        super().__init__(problem)
+        self.found = (str(path), problem, type_name(value))
+
+
+class At:
+    """A path such as result[3]['a'], formatted only when a null or an error names it."""
+
+    __slots__ = ("parent", "step")
+
+    def __init__(self, parent, step):
+        self.parent, self.step = parent, step
+
+    def __str__(self):
+        steps, at = [], self
+        while isinstance(at, At):
+            steps.append(at.step)
+            at = at.parent
+        return str(at) + "".join(reversed(steps))
+
+
+def index_step(index):
+    return f"[{index}]"
+
+
+def key_step(key):
+    return f"[{key_repr(key)}]"
+
+
+class JsonNull:
+    """Formats as `null` where a number's repr goes (the DataFrame templates use %r)."""
+
+    __slots__ = ()
+
+    def __repr__(self):
+        return "null"
+
+
+NULL = JsonNull()
+TIME_UNITS = ("s", "ms", "us", "ns")
+
+
+class ResultEncoder:
+    """Encodes one result, mapping what json cannot carry; `nulls` and `null_paths` say where
+    a missing or non-finite value became null."""
+
+    def __init__(self):
+        self.nulls = 0
+        self.null_paths = []
+        # Only types the script itself could have made: a module it never imported cannot
+        # have produced the value, so nothing is imported here.
+        self.np = sys.modules.get("numpy")
+        self.pd = sys.modules.get("pandas")
+        self.datetime = sys.modules.get("datetime")
+        self.decimal = sys.modules.get("decimal")
+
+    def encode(self, value):
+        """The result as JSON text."""
+        if self.pd is not None and isinstance(value, self.pd.DataFrame):
+            return self.frame_text(value, "result")
+        try:
+            return dumps(value)
+        except (TypeError, ValueError):
+            pass  # something to map: a numpy or pandas value, a date, NaN
+        return dumps(self.plain(value, "result", ()))
+
+    def null(self, path):
+        self.nulls += 1
+        if len(self.null_paths) < MAX_NULL_PATHS:
+            self.null_paths.append(str(path))
+        return None
+
+    # --- any value ---
+    def plain(self, value, path, parents):
+        """`value` as str, int, float, bool, None, list and dict only."""
+        if value is None or isinstance(value, (str, bool, int)) and type(value).__module__ == "builtins":
+            return value
+        if type(value) is float or (isinstance(value, float) and self.np is not None and isinstance(value, self.np.floating)):
+            return value if value - value == 0 else self.null(path)
+        if isinstance(value, (dict, list, tuple)):
+            if id(value) in parents:
+                raise Unencodable(path, "circular", value)
+            if len(parents) >= MAX_DEPTH:
+                raise Unencodable(path, "too_deep", value)
+            parents = parents + (id(value),)
+            if isinstance(value, dict):
+                return {
+                    self.key(key, path): self.plain(item, At(path, key_step(key)), parents)
+                    for key, item in value.items()
+                }
+            return [self.plain(item, At(path, index_step(i)), parents) for i, item in enumerate(value)]
+        mapped = self.mapped(value, path, parents)
+        if mapped is not value:
+            return mapped
+        if isinstance(value, (str, bool, int)):
+            return value  # a subclass json takes as its base type (an IntEnum, a str subclass)
+        if isinstance(value, float):
+            return float(value) if value - value == 0 else self.null(path)
+        raise Unencodable(path, "type", value)
+
+    def mapped(self, value, path, parents):
+        """The mapping for one non-JSON value, or `value` itself when none applies."""
+        np, pd, dt = self.np, self.pd, self.datetime
+        if pd is not None:
+            if value is pd.NaT or value is pd.NA:
+                return self.null(path)
+            if isinstance(value, pd.DataFrame):
+                return json.loads(self.frame_text(value, path))
+            if isinstance(value, pd.Series):
+                return self.series(value, path, parents)
+            if isinstance(value, pd.Index):
+                return self.array(value.to_numpy(), path, parents)
+        if np is not None:
+            if isinstance(value, np.ndarray):
+                return self.array(value, path, parents)
+            if isinstance(value, np.generic):
+                return self.array(np.asarray(value), path, parents)
+        if dt is not None:
+            if isinstance(value, (dt.datetime, dt.date, dt.time)):
+                return value.isoformat()
+            if isinstance(value, dt.timedelta):
+                return value.total_seconds()
+        if self.decimal is not None and isinstance(value, self.decimal.Decimal):
+            return str(value)
+        return value
+
+    def key(self, key, path):
+        """A dict key or column label as the string JSON makes of it."""
+        if isinstance(key, str):
+            return str(key)
+        if key is None or isinstance(key, bool) or (self.np is not None and isinstance(key, self.np.bool_)):
+            return json.dumps(None if key is None else bool(key))
+        if isinstance(key, int) or (self.np is not None and isinstance(key, self.np.integer)):
+            return str(int(key))
+        if isinstance(key, float):
+            key = float(key)
+            if key - key == 0:
+                return repr(key)
+            return "NaN" if key != key else ("Infinity" if key > 0 else "-Infinity")
+        mapped = self.mapped(key, path, ())
+        if isinstance(mapped, str) and mapped is not key:
+            return mapped
+        raise Unencodable(path, "key", key)
+
+    # --- numpy ---
+    def array(self, array, path, parents):
+        """An array (any shape) as nested lists; a 0-d array as its one value."""
+        np = self.np
+        kind = array.dtype.kind
+        if kind in "biu":
+            return array.tolist()
+        if kind == "f":
+            finite = np.isfinite(array)
+            if finite.all():
+                return array.tolist()
+            return self.with_nulls(array, ~finite, path)
+        if kind == "M":
+            return self.with_nulls(self.datetime_strings(array), np.isnat(array), path)
+        if kind == "m":
+            seconds = array / np.timedelta64(1, "s")
+            return self.with_nulls(seconds, np.isnat(array), path)
+        if kind == "U":
+            return array.tolist()
+        if kind == "O":
+            if array.ndim == 0:
+                return self.plain(array.item(), path, parents)
+            return [self.plain(item, At(path, index_step(i)), parents) for i, item in enumerate(array)]
+        raise Unencodable(path, "type", array.flat[0] if array.size else array)
+
+    def with_nulls(self, array, missing, path):
+        """`array.tolist()` with None where `missing`, each counted."""
+        np = self.np
+        if not missing.any():
+            return array.tolist()
+        where = np.argwhere(missing)
+        for index in where[: MAX_NULL_PATHS - len(self.null_paths)].tolist():
+            self.null_paths.append(str(path) + "".join(map(index_step, index)))
+        self.nulls += len(where)
+        copy = array.astype(object)
+        copy[missing] = None
+        return copy.tolist()
+
+    def datetime_strings(self, array):
+        """ISO 8601, in the coarsest of seconds, ms, µs and ns that loses nothing (dates as
+        dates); NaT as the string "NaT" for the caller to replace."""
+        np = self.np
+        unit = np.datetime_data(array.dtype)[0]
+        if unit in ("Y", "M", "W", "D"):
+            return np.datetime_as_string(array)
+        known = array[~np.isnat(array)]
+        chosen = "ns"
+        for candidate in TIME_UNITS:
+            if (known.astype(f"datetime64[{candidate}]") == known).all():
+                chosen = candidate
+                break
+        return np.datetime_as_string(array, unit=chosen)
+
+    # --- pandas ---
+    def series(self, series, path, parents):
+        """A list with a default index, else an object keyed by the index."""
+        if self.default_index(series.index):
+            return self.array(self.column_array(series), path, parents)
+        out = {}
+        for label, item in zip(series.index.tolist(), series.tolist()):
+            key = self.key(label, path)
+            if key in out:
+                raise Unencodable(At(path, key_step(label)), "duplicate_key", label)
+            out[key] = self.plain(item, At(path, key_step(label)), parents)
+        return out
+
+    def default_index(self, index):
+        pd = self.pd
+        return isinstance(index, pd.RangeIndex) and index.start == 0 and index.step == 1 and index.name is None
+
+    def column_array(self, series):
+        """A column's values as a numpy array: extension types (nullable ints, strings,
+        categories, tz-aware times) as objects, so pd.NA and friends are seen one by one."""
+        np = self.np
+        if not isinstance(series.dtype, np.dtype):
+            return series.to_numpy(dtype=object)
+        return series.to_numpy()
+
+    def frame_text(self, frame, path):
+        """A DataFrame as a list of row objects, built column by column: one %-template per
+        row, numbers through repr (exact, as json writes them), the rest pre-encoded."""
+        if not self.default_index(frame.index):
+            frame = frame.reset_index(allow_duplicates=True)
+        keys = [self.key(label, path) for label in frame.columns]
+        if len(set(keys)) != len(keys):
+            duplicate = next(key for key in keys if keys.count(key) > 1)
+            raise Unencodable(At(path, key_step(duplicate)), "duplicate_key", duplicate)
+        formats, columns = [], []
+        for position, key in enumerate(keys):
+            values = self.column_array(frame.iloc[:, position])
+            form, column = self.column(values, path, key)
+            formats.append(encode_basestring(key).replace("%", "%%") + ":" + form)
+            columns.append(column)
+        template = "{" + ",".join(formats) + "}"
+        if not columns:
+            return "[" + ",".join(["{}"] * len(frame)) + "]"
+        return "[" + ",".join(map(template.__mod__, zip(*columns))) + "]"
+
+    def column(self, values, path, key):
+        """One column as (format, values) for the row template."""
+        np = self.np
+        kind = values.dtype.kind
+        if kind in "iu":
+            return "%r", values.tolist()
+        if kind == "b":
+            return "%s", np.where(values, "true", "false").tolist()
+        if kind == "f":
+            return "%r", self.column_nulls(values.tolist(), ~np.isfinite(values), path, key, NULL)
+        if kind == "m":
+            seconds = values / np.timedelta64(1, "s")
+            return "%r", self.column_nulls(seconds.tolist(), np.isnat(values), path, key, NULL)
+        if kind == "M":
+            texts = list(map(encode_basestring, self.datetime_strings(values).tolist()))
+            return "%s", self.column_nulls(texts, np.isnat(values), path, key, "null")
+        if kind == "U":
+            return "%s", list(map(encode_basestring, values.tolist()))
+        items = values.tolist()
+        missing = self.pd.isna(values)
+        if missing.any():
+            for row in self.np.flatnonzero(missing).tolist():
+                items[row] = ""
+        try:
+            texts = list(map(encode_basestring, items))  # the common case: all text
+        except TypeError:
+            pass
+        else:
+            return "%s", self.column_nulls(texts, missing, path, key, "null")
+        items = values.tolist()
+        texts = []
+        for row, item in enumerate(items):
+            if type(item) is str:
+                texts.append(encode_basestring(item))
+            else:
+                texts.append(dumps(self.plain(item, At(At(path, index_step(row)), key_step(key)), ())))
+        return "%s", texts
+
+    def column_nulls(self, items, missing, path, key, null):
+        """`items` with `null` where `missing`, each counted (paths row by row)."""
+        rows = self.np.flatnonzero(missing).tolist()
+        for row in rows:
+            items[row] = null
+        self.nulls += len(rows)
+        for row in rows[: max(0, MAX_NULL_PATHS - len(self.null_paths))]:
+            self.null_paths.append(f"{path}[{row}]{key_step(key)}")
+        return items
+
+
+# --- Files in and out ---------------------------------------------------------------------
+# The script's working directory is WORK_DIR inside its private temp directory, made here,
+# as the script's own uid, before any user code: the input files are written into it, and
+# after main() returns the regular files in it go back (return_files). Everything happens
+# inside the jail with the script's own rights, so nothing here can reach a file the script
+# could not; links, FIFOs and devices are still skipped, never opened through, and a file
+# that changes while being read is skipped, so the answer never holds a half-read file. The
+# service checks every path and size again: this frame is written by a process that ran
+# user code.
+
+WORK_DIR = "work"
+MAX_WALK_DEPTH = 16
+MAX_SKIPPED = 64
+CONTROL_BYTES = bytes(sorted(set(range(32)) - {9, 10, 13}))
+OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def make_workdir(files):
+    """Creates the working directory with the input files in it, enters it, and returns
+    what each input file held (to leave unchanged ones out of the answer)."""
+    work = os.path.join(os.environ.get("TMPDIR") or "/tmp", WORK_DIR)
+    os.mkdir(work, 0o700)
+    os.chdir(work)
+    written = {}
+    for entry in files:
+        path, content = entry["path"], entry["content"]
+        if entry.get("encoding") == "base64":
+            import binascii
+
+            data = binascii.a2b_base64(content)
+        else:
+            data = content.encode("utf-8", "surrogatepass")
+        parent = os.path.dirname(path)
+        if parent:
+            os.makedirs(parent, 0o700, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        written[path] = data
+    return written
+
+
+class FileCollector:
+    """The regular files under the working directory, within the caps."""
+
+    def __init__(self, caps, patterns, inputs):
+        self.max_files = caps["files"]
+        self.max_bytes = caps["bytes"]
+        self.patterns = patterns
+        self.inputs = inputs
+        self.files = []
+        self.skipped = []
+        self.total = 0
+        self.truncated = False
+
+    def collect(self, top):
+        fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            self.walk(fd, "", 0)
+        finally:
+            os.close(fd)
+        return self.frame()
+
+    def skip(self, path, reason):
+        if len(self.skipped) < MAX_SKIPPED:
+            self.skipped.append({"path": path, "reason": reason})
+        else:
+            self.truncated = True
+
+    def walk(self, dir_fd, prefix, depth):
+        with os.scandir(dir_fd) as entries:
+            names = sorted((entry.name, entry) for entry in entries)
+        for name, entry in names:
+            path = prefix + name
+            if entry.is_symlink():
+                self.skip(path, "symlink")
+            elif entry.is_dir(follow_symlinks=False):
+                if depth >= MAX_WALK_DEPTH:
+                    self.skip(path, "too_deep")
+                    continue
+                try:
+                    child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+                except OSError:
+                    self.skip(path, "unreadable")
+                    continue
+                try:
+                    self.walk(child, path + "/", depth + 1)
+                finally:
+                    os.close(child)
+            elif entry.is_file(follow_symlinks=False):
+                if self.wanted(path):
+                    self.read(dir_fd, name, path, entry)
+            else:
+                self.skip(path, "not_a_regular_file")
+
+    def wanted(self, path):
+        if self.patterns is None:
+            return True
+        import fnmatch
+
+        return any(fnmatch.fnmatchcase(path, pattern) for pattern in self.patterns)
+
+    def read(self, dir_fd, name, path, entry):
+        if len(self.files) >= self.max_files:
+            self.truncated = True
+            return
+        try:
+            fd = os.open(name, OPEN_FLAGS, dir_fd=dir_fd)
+        except OSError:
+            self.skip(path, "unreadable")
+            return
+        try:
+            import stat
+
+            before = os.fstat(fd)
+            if not stat.S_ISREG(before.st_mode) or before.st_ino != entry.inode():
+                self.skip(path, "changed_while_reading")
+                return
+            room = self.max_bytes - self.total
+            if before.st_size > room:
+                self.truncated = True
+                return
+            data = read_at_most(fd, room + 1)
+            after = os.fstat(fd)
+        except OSError:
+            self.skip(path, "unreadable")
+            return
+        finally:
+            os.close(fd)
+        if len(data) != before.st_size or (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+            self.skip(path, "changed_while_reading")
+            return
+        if self.patterns is None and self.inputs.get(path) == data:
+            return  # an input file the script left as it was
+        self.total += len(data)
+        try:
+            # Text goes as text, unless control characters would swell it (JSON escapes each
+            # to six bytes): then base64, a third larger whatever the bytes.
+            if len(data.translate(None, CONTROL_BYTES)) != len(data):
+                raise UnicodeDecodeError("utf-8", data, 0, 1, "control characters")
+            content, encoding = data.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            import binascii
+
+            content, encoding = binascii.b2a_base64(data, newline=False).decode("ascii"), "base64"
+        self.files.append({"path": path, "size": len(data), "content": content, "encoding": encoding})
+
+    def frame(self):
+        out = {"files": self.files, "files_truncated": self.truncated}
+        if self.skipped:
+            out["skipped_files"] = self.skipped
+        return out
+
+
+def read_at_most(fd, limit):
+    chunks, left = [], limit
+    while left > 0:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def dumps(value):
+    return json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+
+
+def encode_basestring(text):
+    return json.encoder.encode_basestring(text)
+
+
 CO_COROUTINE = 0x80
 
 
@@ -257,28 +745,52 @@ def is_plain_function(function):
     return isinstance(function, types.FunctionType) and not hasattr(function, "__wrapped__")
 
 
-def required_parameters(function):
-    """The parameters main() cannot be called without. Read from the code object for a plain
-    function (importing inspect costs every execution ~12 ms); inspect for anything else."""
+def required_parameters(function, given=0):
+    """The parameters main() cannot be called without when `given` positional arguments are
+    passed. Read from the code object for a plain function (importing inspect costs every
+    execution ~12 ms); inspect for anything else."""
     if is_plain_function(function):
         code = function.__code__
         positional = code.co_varnames[: code.co_argcount]
         defaults = len(function.__defaults__ or ())
         keyword = code.co_varnames[code.co_argcount : code.co_argcount + code.co_kwonlyargcount]
-        given = function.__kwdefaults__ or {}
-        return list(positional[: len(positional) - defaults]) + [k for k in keyword if k not in given]
+        given_keywords = function.__kwdefaults__ or {}
+        return list(positional[given : len(positional) - defaults]) + [k for k in keyword if k not in given_keywords]
     import inspect
 
     try:
         signature = inspect.signature(function)
     except (TypeError, ValueError):
         return []
-    return [
-        name
-        for name, parameter in signature.parameters.items()
-        if parameter.default is inspect.Parameter.empty
-        and parameter.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
-    ]
+    required = []
+    for parameter in signature.parameters.values():
+        positional = parameter.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        if positional and given > 0:
+            given -= 1
+            continue
+        if parameter.default is inspect.Parameter.empty and parameter.kind not in (
+            inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD
+        ):
+            required.append(parameter.name)
+    return required
+
+
+CO_VARARGS = 0x04
+
+
+def takes_a_positional(function):
+    """Whether main() can be called with one positional argument (the input)."""
+    if is_plain_function(function):
+        code = function.__code__
+        return code.co_argcount > 0 or bool(code.co_flags & CO_VARARGS)
+    import inspect
+
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        return True
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+    return any(parameter.kind in kinds for parameter in signature.parameters.values())
 
 
 def is_coroutine_function(function):
@@ -357,8 +869,18 @@ def enter(settings, filters):
     return reporter
 
 
-def run(reporter, limits, source):
-    """Compiles, loads and calls the script's main(), and reports; never returns."""
+def run(reporter, limits, job):
+    """Makes the working directory with the job's input files, compiles and loads the
+    script, calls main() (with the job's input, when it has one), and reports the result
+    and, when asked, the files left in the working directory; never returns. With
+    `strict_result`, the result is plain json's or refused (no mapping, NaN an error)."""
+    inputs = make_workdir(job.get("files") or ())
+    source = job["script"]
+    # Tracebacks show the script's lines from here: no main.py needs to exist in the cwd.
+    # Every line ends in a newline, as linecache's own reading makes them (the carets under
+    # an expression are placed by the line's length).
+    lines = [line if line.endswith("\n") else line + "\n" for line in source.splitlines(True)]
+    linecache.cache[SCRIPT_FILENAME] = (len(source), None, lines, SCRIPT_FILENAME)
     try:
         code = compile(source, SCRIPT_FILENAME, "exec", dont_inherit=True)
     except (SyntaxError, ValueError) as exc:
@@ -387,41 +909,62 @@ def run(reporter, limits, source):
         finish(reporter.send, failed("no_main", main_type=None))
     if not callable(function):
         finish(reporter.send, failed("no_main", main_type=type_name(function)))
-    required = required_parameters(function)
+    has_input = "input" in job
+    arguments = (job["input"],) if has_input else ()
+    if has_input and not takes_a_positional(function):
+        finish(reporter.send, failed("main_takes_no_input"))
+    required = required_parameters(function, len(arguments))
     if required:
-        finish(reporter.send, failed("main_requires_arguments", parameters=required))
+        finish(reporter.send, failed("main_requires_arguments", parameters=required, input_given=has_input))
 
     try:
         if is_coroutine_function(function):
             import asyncio
 
-            value = asyncio.run(function())
+            value = asyncio.run(function(*arguments))
         else:
-            value = function()
+            value = function(*arguments)
     except SystemExit as exc:
         finish(reporter.send, exit_frame(exc))
     except BaseException as exc:
         finish(reporter.send, exception_frame(exc, "main", limits))
 
+    encoder = None if job.get("strict_result") else ResultEncoder()
     try:
-        encoded = utf8(json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":")))
-    except (TypeError, ValueError, RecursionError) as exc:
-        finish(reporter.send, not_serializable_frame(value, exc))
+        encoded = utf8(dumps(value) if encoder is None else encoder.encode(value))
+    except Unencodable as exc:
+        path, problem, bad_type = exc.found
+        finish(reporter.send, failed("result_not_serializable", type=bad_type, path=path, problem=problem))
     except MemoryError:
         finish(reporter.send, failed("memory_limit_exceeded", memory_limit_bytes=limits["memory_bytes"]))
+    except Exception as exc:
+        # json refused it, or a value's own method (an isoformat, a __len__) raised.
+        finish(reporter.send, not_serializable_frame(value, exc))
     if len(encoded) > limits["result_bytes"]:
         finish(reporter.send, failed(
             "result_too_large", result_bytes=len(encoded), limit_bytes=limits["result_bytes"]
         ))
-    finish(reporter.send_result, encoded)
+    extra = {}
+    if encoder is not None and encoder.nulls:
+        extra["nulls"] = {"count": encoder.nulls, "paths": encoder.null_paths}
+    wanted = job.get("return_files")
+    if wanted:
+        patterns = wanted if isinstance(wanted, list) else None
+        caps = {"files": limits["output_files"], "bytes": limits["output_files_bytes"]}
+        try:
+            extra.update(FileCollector(caps, patterns, inputs).collect("."))
+        except MemoryError:
+            finish(reporter.send, failed("memory_limit_exceeded", memory_limit_bytes=limits["memory_bytes"]))
+    finish(lambda encoded: reporter.send_result(encoded, extra), encoded)
 
 
 def main():
-    settings, script_path = json.loads(sys.argv[1]), sys.argv[2]
+    """The cold path: SETTINGS and the job's path on the command line."""
+    settings, job_path = json.loads(sys.argv[1]), sys.argv[2]
     reporter = enter(settings, Filters(settings["seccomp"]))
-    with open(script_path, "rb") as file:
-        source = file.read()
-    run(reporter, settings["limits"], source)
+    with open(job_path, "rb") as file:
+        job = json.loads(file.read())
+    run(reporter, settings["limits"], job)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::failure::ScriptFailure;
+use crate::protocol::{Nulls, OutputFile, SkippedFile};
 
 /// The harness, run as `python harness.py SETTINGS SCRIPT`.
 const HARNESS: &str = include_str!("harness.py");
@@ -21,8 +22,9 @@ const HARNESS: &str = include_str!("harness.py");
 const ZYGOTE: &str = include_str!("zygote.py");
 /// The harness's file name inside an execution's directory.
 pub const HARNESS_FILE: &str = "harness.py";
-/// The script's file name: tracebacks name it, so it reads as the caller's file.
-pub const SCRIPT_FILE: &str = "main.py";
+/// The job's file name in a cold execution's directory: the script and what comes with it
+/// (the warm path hands the same JSON over in a memfd).
+pub const JOB_FILE: &str = "job.json";
 /// The protocol version this service understands.
 const PROTOCOL_VERSION: u32 = 2;
 
@@ -42,10 +44,11 @@ pub fn install_zygote(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Writes the harness and the script into an execution's directory.
-pub fn install(dir: &Path, script: &str) -> io::Result<()> {
+/// Writes the harness and the job (JSON: `{"script": ...}` and the request's other fields)
+/// into an execution's directory.
+pub fn install(dir: &Path, job: &[u8]) -> io::Result<()> {
     std::fs::write(dir.join(HARNESS_FILE), HARNESS)?;
-    std::fs::write(dir.join(SCRIPT_FILE), script)
+    std::fs::write(dir.join(JOB_FILE), job)
 }
 
 /// What the harness reported, read from its frames.
@@ -60,8 +63,8 @@ pub struct Report {
 /// The final frame: what `main()` did, as the harness saw it.
 #[derive(Debug)]
 pub enum Reported {
-    /// `main()` returned this JSON, exactly as the harness encoded it.
-    Returned(Box<RawValue>),
+    /// `main()` returned.
+    Returned(Returned),
     /// One of the failures only the harness can see (see
     /// [`ScriptFailure::reportable_by_harness`]).
     Failed(ScriptFailure),
@@ -82,6 +85,21 @@ pub enum ProtocolError {
     Truncated,
 }
 
+/// What a script that returned sent back. Written by a process that ran user code: the
+/// files are checked against the request's limits before anyone sees them
+/// (`sandbox::outcome`).
+#[derive(Debug)]
+pub struct Returned {
+    /// `main()`'s value, exactly as the harness encoded it.
+    pub result: Box<RawValue>,
+    /// Where the result mapping made values `null`.
+    pub nulls: Option<Nulls>,
+    /// With `return_files`: the files, whether some were left out, and what was skipped.
+    pub files: Option<Vec<OutputFile>>,
+    pub files_truncated: bool,
+    pub skipped_files: Vec<SkippedFile>,
+}
+
 /// One line on the result descriptor. Which fields an event carries is checked in
 /// [`Frame::into_reported`]; unknown fields are refused.
 #[derive(Deserialize)]
@@ -92,6 +110,10 @@ struct Frame {
     #[serde(default, deserialize_with = "present")]
     result: Option<Box<RawValue>>,
     failure: Option<ScriptFailure>,
+    nulls: Option<Nulls>,
+    files: Option<Vec<OutputFile>>,
+    files_truncated: Option<bool>,
+    skipped_files: Option<Vec<SkippedFile>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -141,8 +163,21 @@ impl Frame {
         if self.v != PROTOCOL_VERSION {
             return Err(ProtocolError::Version(self.v));
         }
+        let extras = self.nulls.is_some()
+            || self.files.is_some()
+            || self.files_truncated.is_some()
+            || self.skipped_files.is_some();
         match (self.event, self.result, self.failure) {
-            (Event::Returned, Some(result), None) => Ok(Reported::Returned(result)),
+            (Event::Returned, Some(result), None) => Ok(Reported::Returned(Returned {
+                result,
+                nulls: self.nulls,
+                files: self.files,
+                files_truncated: self.files_truncated.unwrap_or(false),
+                skipped_files: self.skipped_files.unwrap_or_default(),
+            })),
+            (Event::Failed | Event::Started, ..) if extras => Err(ProtocolError::Misplaced(
+                "a result's fields in another frame",
+            )),
             (Event::Failed, None, Some(failure)) if failure.reportable_by_harness() => {
                 Ok(Reported::Failed(failure))
             }
@@ -200,7 +235,7 @@ mod tests {
             panic!("{report:?}")
         };
         assert_eq!(
-            raw.get(),
+            raw.result.get(),
             "[1267650600228229401496703205376, 0.1, \"\\u00e9\"]"
         );
     }
@@ -211,7 +246,7 @@ mod tests {
         let Some(Ok(Reported::Returned(raw))) = report.outcome else {
             panic!("{report:?}")
         };
-        assert_eq!(raw.get(), "null");
+        assert_eq!(raw.result.get(), "null");
     }
 
     #[test]
@@ -285,8 +320,8 @@ mod tests {
                     );
                     assert_eq!(failure.to_string(), golden["message"], "{name}");
                 }
-                Some(Ok(Reported::Returned(result))) => {
-                    let result: Value = serde_json::from_str(result.get()).unwrap();
+                Some(Ok(Reported::Returned(returned))) => {
+                    let result: Value = serde_json::from_str(returned.result.get()).unwrap();
                     assert_eq!(result, frame["result"], "{name}");
                 }
                 other => panic!("{name}: {other:?}"),

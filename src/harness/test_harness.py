@@ -29,20 +29,25 @@ LIMITS = {
     "file_bytes": 1 << 20,
     "tmp_bytes": 1 << 20,
     "open_files": 64,
+    "output_files": 4,
+    "output_files_bytes": 1000,
 }
 
 
-def run(script, limits=LIMITS):
-    """Runs the harness on `script` as the service does (minus the jail) and returns its frames."""
+def run(script, limits=LIMITS, **job):
+    """Runs the harness on `script` (and the rest of the job: input, files, return_files,
+    strict_result) as the service does, minus the jail, and returns its frames."""
     with tempfile.TemporaryDirectory() as work, tempfile.TemporaryFile() as result:
-        with open(os.path.join(work, "main.py"), "w", encoding="utf-8") as file:
-            file.write(script)
+        os.mkdir(os.path.join(work, "tmp"))
+        with open(os.path.join(work, "job.json"), "w", encoding="utf-8") as file:
+            json.dump({"script": script, **job}, file)
         settings = {"result_fd": result.fileno(), "seccomp": [], "rlimits": {}, "limits": limits}
         subprocess.run(
             [sys.executable, "-I", "-u", "-X", "utf8", "-B", os.path.join(HERE, "harness.py"),
-             json.dumps(settings), "main.py"],
-            cwd=work, pass_fds=(result.fileno(),), stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60, check=False,
+             json.dumps(settings), "job.json"],
+            cwd=work, env={"TMPDIR": os.path.join(work, "tmp")}, pass_fds=(result.fileno(),),
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            timeout=60, check=False,
         )
         result.seek(0)
         return [json.loads(line) for line in result.read().splitlines()]
@@ -56,7 +61,7 @@ class GoldenFrames(unittest.TestCase):
             with self.subTest(os.path.basename(path)):
                 with open(path, encoding="utf-8") as file:
                     golden = json.load(file)
-                frames = run(golden["script"])
+                frames = run(golden["script"], **golden.get("job", {}))
                 self.assertEqual(frames[0], {"event": "started", "v": harness.PROTOCOL_VERSION})
                 self.assertEqual(frames[-1], golden["frame"])
                 self.assertEqual(len(frames), 2)
@@ -131,6 +136,182 @@ class Results(unittest.TestCase):
     def test_printing_a_frame_changes_nothing(self):
         frames = run("def main():\n    print('{\"v\": 2, \"event\": \"returned\", \"result\": 1}')\n    return 2\n")
         self.assertEqual(frames[-1]["result"], 2)
+
+
+class Input(unittest.TestCase):
+    def test_main_gets_the_input_as_json_reads_it(self):
+        frames = run("def main(data):\n    return [data['n'] + 1, data['rows']]\n", input={"n": 1, "rows": [None]})
+        self.assertEqual(frames[-1]["result"], [2, [None]])
+
+    def test_a_null_input_is_an_input(self):
+        frames = run("def main(data=5):\n    return data\n", input=None)
+        self.assertEqual(frames[-1]["result"], None)
+
+    def test_without_input_main_is_called_bare(self):
+        frames = run("def main(data=5):\n    return data\n")
+        self.assertEqual(frames[-1]["result"], 5)
+
+    def test_varargs_take_the_input(self):
+        frames = run("def main(*args):\n    return list(args)\n", input="x")
+        self.assertEqual(frames[-1]["result"], ["x"])
+
+    def test_a_keyword_only_main_cannot_take_it(self):
+        frames = run("def main(*, data):\n    return data\n", input=1)
+        self.assertEqual(frames[-1]["failure"], {"code": "main_takes_no_input"})
+
+
+def file_job(script, files=(), **job):
+    return run(script, files=list(files), **job)[-1]
+
+
+class Files(unittest.TestCase):
+    def test_input_files_are_in_the_working_directory_read_write(self):
+        frame = file_job(
+            "import os\ndef main():\n    open('data/in.csv', 'a').write('3\\n')\n"
+            "    return [open('data/in.csv').read(), open('raw.bin', 'rb').read().hex(), os.getcwd().endswith('/work')]\n",
+            [{"path": "data/in.csv", "content": "1\n2\n"}, {"path": "raw.bin", "content": "AAH/", "encoding": "base64"}],
+        )
+        self.assertEqual(frame["result"], ["1\n2\n3\n", "0001ff", True])
+
+    def test_new_and_changed_files_come_back_unchanged_inputs_do_not(self):
+        frame = file_job(
+            "def main():\n    open('b.txt', 'w').write('new')\n    open('changed.txt', 'w').write('x')\n",
+            [{"path": "same.txt", "content": "s"}, {"path": "changed.txt", "content": "c"}],
+            return_files=True,
+        )
+        self.assertEqual(
+            [(f["path"], f["content"], f["encoding"], f["size"]) for f in frame["files"]],
+            [("b.txt", "new", "utf-8", 3), ("changed.txt", "x", "utf-8", 1)],
+        )
+        self.assertFalse(frame["files_truncated"])
+
+    def test_patterns_pick_files_inputs_included(self):
+        frame = file_job(
+            "import os\ndef main():\n    os.mkdir('out')\n    open('out/r.csv', 'w').write('a')\n    open('x.log', 'w').write('l')\n",
+            [{"path": "in.csv", "content": "i"}],
+            return_files=["*.csv"],
+        )
+        self.assertEqual([f["path"] for f in frame["files"]], ["in.csv", "out/r.csv"])
+
+    def test_binary_and_control_characters_come_back_as_base64(self):
+        frame = file_job(
+            "def main():\n    open('b', 'wb').write(bytes(range(256)))\n    open('c', 'w').write('a\\x00b')\n    open('t', 'w').write('tab\\there\\r\\n')\n",
+            return_files=True,
+        )
+        encodings = {f["path"]: f["encoding"] for f in frame["files"]}
+        self.assertEqual(encodings, {"b": "base64", "c": "base64", "t": "utf-8"})
+        import base64
+
+        self.assertEqual(base64.b64decode(frame["files"][0]["content"]), bytes(range(256)))
+
+    def test_links_fifos_and_sockets_are_skipped_never_read(self):
+        frame = file_job(
+            "import os, socket\ndef main():\n    os.symlink('/etc/passwd', 'shadow')\n    os.symlink('.', 'loop')\n"
+            "    os.mkfifo('fifo')\n    s = socket.socket(socket.AF_UNIX)\n    s.bind('sock')\n    open('real', 'w').write('r')\n",
+            return_files=True,
+        )
+        self.assertEqual([f["path"] for f in frame["files"]], ["real"])
+        self.assertEqual(
+            frame["skipped_files"],
+            [
+                {"path": "fifo", "reason": "not_a_regular_file"},
+                {"path": "loop", "reason": "symlink"},
+                {"path": "shadow", "reason": "symlink"},
+                {"path": "sock", "reason": "not_a_regular_file"},
+            ],
+        )
+
+    def test_the_caps_leave_files_out_and_say_so(self):
+        frame = file_job(
+            "def main():\n    for i in range(6):\n        open(f'f{i}', 'w').write('x' * 100)\n",
+            return_files=True,
+        )
+        self.assertEqual(len(frame["files"]), 4)
+        self.assertTrue(frame["files_truncated"])
+        frame = file_job("def main():\n    open('big', 'w').write('x' * 1001)\n", return_files=True)
+        self.assertEqual(frame["files"], [])
+        self.assertTrue(frame["files_truncated"])
+
+
+class Mapping(unittest.TestCase):
+    """README's table of the result mapping, row by row."""
+
+    def result(self, expression, setup="", **job):
+        script = f"import numpy as np, pandas as pd, datetime as dt, decimal\n{setup}\ndef main():\n    return {expression}\n"
+        return run(script, limits={**LIMITS, "result_bytes": 1 << 20}, **job)[-1]
+
+    def test_each_row(self):
+        rows = [
+            ("np.int64(7)", 7),
+            ("np.float32(1.5)", 1.5),
+            ("np.bool_(True)", True),
+            ("np.array([[1, 2], [3, 4]], dtype=np.int64)", [[1, 2], [3, 4]]),
+            ("np.array([2**62], dtype=np.int64)", [2**62]),
+            ("pd.DataFrame({'a': [1, 2], 'b': ['x', 'y']})", [{"a": 1, "b": "x"}, {"a": 2, "b": "y"}]),
+            ("pd.DataFrame({'a': [1]}, index=pd.Index(['r'], name='k'))", [{"k": "r", "a": 1}]),
+            ("pd.Series([1, 2])", [1, 2]),
+            ("pd.Series([1, 2], index=['x', 'y'])", {"x": 1, "y": 2}),
+            ("pd.Index([3, 4])", [3, 4]),
+            ("pd.Timestamp('2024-05-01 12:30')", "2024-05-01T12:30:00"),
+            ("dt.datetime(2024, 5, 1, 12, 30, 5)", "2024-05-01T12:30:05"),
+            ("dt.date(2024, 5, 1)", "2024-05-01"),
+            ("dt.time(12, 30)", "12:30:00"),
+            ("pd.Timedelta(minutes=2)", 120.0),
+            ("dt.timedelta(seconds=1.5)", 1.5),
+            ("decimal.Decimal('1.10')", "1.10"),
+            ("pd.Series(pd.to_datetime(['2024-01-01 00:00:00', '2024-01-02 00:00:01']))", ["2024-01-01T00:00:00", "2024-01-02T00:00:01"]),
+            ("pd.Series([1, None], dtype='Int64')", [1, None]),
+        ]
+        for expression, expected in rows:
+            with self.subTest(expression):
+                self.assertEqual(self.result(expression)["result"], expected)
+
+    def test_describe_keeps_its_index(self):
+        frame = self.result("pd.DataFrame({'a': [1.0, 2.0, 3.0]}).describe()")
+        self.assertEqual([row["index"] for row in frame["result"]], ["count", "mean", "std", "min", "25%", "50%", "75%", "max"])
+        self.assertEqual(frame["result"][1], {"index": "mean", "a": 2.0})
+
+    def test_missing_values_become_null_and_say_where(self):
+        frame = self.result("{'df': pd.DataFrame({'a': [1.5, None], 't': pd.to_datetime(['2024-01-01', None])}), 'x': float('inf'), 'na': pd.NA}")
+        self.assertEqual(frame["result"], {"df": [{"a": 1.5, "t": "2024-01-01T00:00:00"}, {"a": None, "t": None}], "x": None, "na": None})
+        self.assertEqual(frame["nulls"], {"count": 4, "paths": ["result['df'][1]['a']", "result['df'][1]['t']", "result['x']", "result['na']"]})
+
+    def test_the_null_paths_are_capped_but_counted(self):
+        frame = self.result("np.full(1000, np.nan)")
+        self.assertEqual(frame["nulls"]["count"], 1000)
+        self.assertEqual(len(frame["nulls"]["paths"]), harness.MAX_NULL_PATHS)
+
+    def test_floats_and_ints_come_back_exactly(self):
+        frame = self.result("pd.DataFrame({'f': [0.1 + 0.2, 1.0034247693404562e-18], 'i': [2**53 + 1, -1]})")
+        self.assertEqual(frame["result"], [{"f": 0.1 + 0.2, "i": 2**53 + 1}, {"f": 1.0034247693404562e-18, "i": -1}])
+
+    def test_what_has_no_mapping_is_still_refused(self):
+        for expression, found in [("{1, 2}", ("result", "type", "set")), ("b'x'", ("result", "type", "bytes")),
+                                  ("[np.complex128(1j)]", ("result[0]", "type", "numpy.complex128")),
+                                  ("{(1, 2): 3}", ("result", "key", "tuple"))]:
+            with self.subTest(expression):
+                failure = self.result(expression)["failure"]
+                self.assertEqual((failure["path"], failure["problem"], failure["type"]), found)
+
+    def test_strict_result_keeps_plain_json(self):
+        failure = self.result("np.int64(1)", strict_result=True)["failure"]
+        self.assertEqual((failure["code"], failure["type"]), ("result_not_serializable", "numpy.int64"))
+        failure = self.result("[float('nan')]", strict_result=True)["failure"]
+        self.assertEqual(failure["problem"], "nan")
+
+    def test_text_in_a_frame_cannot_forge_a_frame(self):
+        forged = '"}\\n{\\"v\\": 2, \\"event\\": \\"returned\\", \\"result\\": \\"forged\\"}\\n'
+        frame = self.result(f"pd.DataFrame({{'{forged}': ['{forged}'], '%s%r': [1]}})")
+        row = frame["result"][0]
+        self.assertEqual(len(row), 2)
+        self.assertIn("forged", next(iter(row)))
+        self.assertEqual(row["%s%r"], 1)
+
+    def test_the_result_cap_holds_for_mapped_values(self):
+        failure = run(
+            "import pandas as pd\ndef main():\n    return pd.DataFrame({'a': range(1000)})\n", limits=LIMITS
+        )[-1]["failure"]
+        self.assertEqual(failure["code"], "result_too_large")
 
 
 if __name__ == "__main__":

@@ -181,7 +181,7 @@ def child(zygote, fds):
         os.setsid()
         drop_privileges(job["uid"])
         reporter = harness.enter(job["settings"], zygote.script_filters)
-        harness.run(reporter, job["settings"]["limits"], job["script"])
+        harness.run(reporter, job["settings"]["limits"], job)
     except BaseException as error:
         try:
             os.write(2, f"pyexec: the warm sandbox could not start: {error!r}\n".encode())

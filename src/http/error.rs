@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 
 use super::log::OutcomeCode;
+use crate::job::JobError;
 use crate::protocol::{ErrorBody, ErrorDetails, FailedScript, HealthStatus, ServiceError};
 use crate::sandbox::SandboxError;
 use crate::validate::ValidationError;
@@ -30,7 +31,7 @@ pub enum ApiError {
     #[error("the request body did not arrive in time")]
     BodyTimeout,
     #[error(transparent)]
-    InvalidScript(#[from] ValidationError),
+    InvalidJob(#[from] JobError),
     /// The script ran and failed: the caller's to fix, with what it printed.
     #[error("{}", .0.failure)]
     ScriptFailed(Box<FailedScript>),
@@ -60,10 +61,18 @@ impl ApiError {
             Self::InvalidJson(_)
             | Self::InvalidRequest(_)
             | Self::ScriptFailed(_)
-            | Self::InvalidScript(ValidationError::Empty) => StatusCode::BAD_REQUEST,
-            Self::InvalidScript(ValidationError::TooLarge { .. }) | Self::BodyTooLarge => {
-                StatusCode::PAYLOAD_TOO_LARGE
-            }
+            | Self::InvalidJob(
+                JobError::Script(ValidationError::Empty)
+                | JobError::FilePath { .. }
+                | JobError::FileContent { .. }
+                | JobError::TooManyFiles { .. }
+                | JobError::Pattern(_)
+                | JobError::Limit { .. },
+            ) => StatusCode::BAD_REQUEST,
+            Self::InvalidJob(
+                JobError::Script(ValidationError::TooLarge { .. }) | JobError::FilesTooLarge { .. },
+            )
+            | Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Sandbox(
@@ -89,13 +98,30 @@ impl ApiError {
             Self::UnsupportedMediaType => ServiceError::UnsupportedMediaType,
             Self::BodyTooLarge => ServiceError::BodyTooLarge,
             Self::BodyTimeout => ServiceError::RequestTimeout,
-            Self::InvalidScript(ValidationError::Empty) => ServiceError::EmptyScript,
-            Self::InvalidScript(ValidationError::TooLarge { actual, limit }) => {
-                ServiceError::ScriptTooLarge {
-                    script_bytes: actual,
-                    limit_bytes: limit,
+            Self::InvalidJob(error) => match error {
+                JobError::Script(ValidationError::Empty) => ServiceError::EmptyScript,
+                JobError::Script(ValidationError::TooLarge { actual, limit }) => {
+                    ServiceError::ScriptTooLarge {
+                        script_bytes: actual,
+                        limit_bytes: limit,
+                    }
                 }
-            }
+                JobError::FilePath { index, .. } | JobError::FileContent { index, .. } => {
+                    ServiceError::InvalidFile { index }
+                }
+                JobError::TooManyFiles { count, limit } => ServiceError::TooManyFiles {
+                    files: count,
+                    limit_files: limit,
+                },
+                JobError::FilesTooLarge { bytes, limit } => ServiceError::FilesTooLarge {
+                    files_bytes: bytes,
+                    limit_bytes: limit,
+                },
+                JobError::Pattern(_) => ServiceError::InvalidReturnFiles,
+                JobError::Limit { name, max, .. } => {
+                    ServiceError::InvalidLimit { name, maximum: max }
+                }
+            },
             Self::Sandbox(SandboxError::Unavailable(_)) => ServiceError::SandboxUnavailable {
                 status: HealthStatus::Unhealthy,
             },

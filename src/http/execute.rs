@@ -7,9 +7,9 @@ use axum::{Extension, Json};
 use super::error::ApiError;
 use super::log::Usage;
 use crate::app::AppState;
-use crate::protocol::{ErrorBody, ExecuteRequest, ExecuteResponse, FailedScript};
+use crate::job::Job;
+use crate::protocol::{AppliedLimits, ErrorBody, ExecuteRequest, ExecuteResponse, FailedScript};
 use crate::sandbox::{Execution, Outcome};
-use crate::validate::validate;
 
 /// Runs a script's `main()` in a fresh sandbox.
 #[utoipa::path(
@@ -31,7 +31,7 @@ pub(super) async fn execute(
     request: Request,
 ) -> Result<Response, ApiError> {
     let body: ExecuteRequest = state.bodies.read_json(request).await?;
-    let script = validate(body.script, state.config.limits.script_bytes)?;
+    let job = Job::from_request(body, &state.config.limits)?;
     // Admitted only once the body is in, so a slow client holds no sandbox and no queue place:
     // the queue holds whole requests, at most `max_queue` of them.
     let ticket = state.sandbox.admit()?;
@@ -41,7 +41,7 @@ pub(super) async fn execute(
         memory_peak_bytes,
         path,
         queue_wait,
-    } = state.sandbox.execute(ticket, &script).await?;
+    } = state.sandbox.execute(ticket, &job).await?;
     let usage = Usage {
         path,
         queue_wait,
@@ -49,7 +49,24 @@ pub(super) async fn execute(
         memory_peak_bytes,
     };
     let answer = match outcome {
-        Outcome::Returned(result) => Json(ExecuteResponse { result, output }).into_response(),
+        Outcome::Returned(returned) => {
+            let files_truncated = returned.files.as_ref().map(|_| returned.files_truncated);
+            let limits = job.limits_requested.then_some(AppliedLimits {
+                time_ms: job.limits.time_limit_ms,
+                memory_bytes: job.limits.memory_bytes,
+                output_bytes: job.limits.output_bytes as u64,
+            });
+            Json(ExecuteResponse {
+                result: returned.result,
+                output,
+                nulls: returned.nulls,
+                files: returned.files,
+                files_truncated,
+                skipped_files: returned.skipped_files,
+                limits,
+            })
+            .into_response()
+        }
         Outcome::Failed(failure) => {
             ApiError::ScriptFailed(Box::new(FailedScript { failure, output })).into_response()
         }

@@ -10,7 +10,7 @@ use tokio::process::Command;
 
 use super::process::ExtraFds;
 use crate::config::{Limits, Profile, SandboxConfig};
-use crate::harness::{HARNESS_FILE, SCRIPT_FILE};
+use crate::harness::{HARNESS_FILE, JOB_FILE};
 
 /// The descriptors every execution uses: 3 is passed into the jail for the result frames,
 /// 4 carries nsjail's own log and is closed before the script starts.
@@ -112,7 +112,7 @@ pub fn build(run: &Run<'_>) -> Command {
         None => cmd
             .args(["-I", "-u", "-X", "utf8", "-B", HARNESS_FILE])
             .arg(harness_settings(run).to_string())
-            .arg(SCRIPT_FILE),
+            .arg(JOB_FILE),
     };
     cmd.env_clear().current_dir(run.workdir);
     cmd
@@ -249,6 +249,8 @@ pub fn settings(limits: &Limits, cgroup: bool) -> serde_json::Value {
             "file_bytes": limits.file_bytes,
             "tmp_bytes": limits.tmp_bytes,
             "open_files": limits.open_files,
+            "output_files": limits.output_files,
+            "output_files_bytes": limits.output_files_bytes,
         },
     })
 }
@@ -321,7 +323,7 @@ mod tests {
         );
         let jailed = &args[args.iter().position(|a| a == "--").unwrap() + 1..];
         assert_eq!(jailed[0], "/opt/pyexec/sandbox/bin/python3");
-        assert_eq!(jailed[jailed.len() - 1], "main.py");
+        assert_eq!(jailed[jailed.len() - 1], "job.json");
         let settings: serde_json::Value = serde_json::from_str(&jailed[jailed.len() - 2]).unwrap();
         assert_eq!(
             settings["rlimits"]["AS"],

@@ -8,6 +8,7 @@ mod cgroup;
 mod cleanup;
 mod command;
 mod outcome;
+mod packages;
 mod phases;
 mod process;
 mod profile;
@@ -25,12 +26,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 pub use outcome::{Execution, Outcome};
+pub use packages::{Installed, Package};
 pub use profile::{Isolation, LimitsBackend};
 pub use slots::Ticket;
 
 use crate::config::{Limits, Profile, ProfileChoice, SandboxConfig};
 use crate::harness;
-use crate::validate::{Script, validate};
+use crate::job::Job;
+use crate::validate::validate;
 use block::Block;
 use cgroup::Cgroups;
 use phases::Phases;
@@ -44,6 +47,8 @@ const LOG_CAP: usize = 64 * 1024;
 /// Room for a frame beyond the result limit: a failure's capped texts, at worst six bytes a
 /// character (see the harness's MAX_* bounds), and the envelope.
 const FRAME_OVERHEAD: usize = 1024 * 1024;
+/// Room in the final frame for one returned file's path, size and encoding.
+const FILE_ENTRY_OVERHEAD: u64 = 2048;
 /// A failed health check is retried at most this often.
 const HEALTH_RETRY: Duration = Duration::from_secs(10);
 /// The canary run at start-up and by the health check: interpreter, harness and jail.
@@ -68,6 +73,8 @@ pub struct Sandbox {
     seccomp: Vec<String>,
     /// The warm path, where it is on and started.
     warm: Option<Arc<Warm>>,
+    /// What the sandbox Python has installed, read once at start-up (`packages.rs`).
+    installed: Installed,
 }
 
 #[derive(Debug, Clone)]
@@ -151,6 +158,7 @@ impl Sandbox {
             executions: AtomicU64::new(0),
             seccomp: hex_filters(seccomp::Subject::Script),
             warm: None,
+            installed: Installed::default(),
         }
     }
 
@@ -242,12 +250,16 @@ impl Sandbox {
                 "the warm path did not start: every script runs cold"
             );
         }
+        if health.is_ok() {
+            self.installed = packages::read(&self).await;
+        }
         match health {
             Ok(()) => {
                 tracing::info!(
                     profile = self.profile.name(),
                     limits = ?self.limits_backend(),
                     warm = self.warm.is_some(),
+                    packages = self.installed.packages.len(),
                     uids = ?self.slot_uids(),
                     cgroups = ?self.cgroup_parents(),
                     "sandbox ready"
@@ -316,6 +328,11 @@ impl Sandbox {
             .unwrap_or_default()
     }
 
+    /// The sandbox Python's version and packages, as read at start-up; empty if it never ran.
+    pub fn installed(&self) -> &Installed {
+        &self.installed
+    }
+
     /// What the active profile guarantees on this host.
     pub fn isolation(&self) -> Isolation {
         self.profile.isolation(self.limits_backend())
@@ -327,15 +344,11 @@ impl Sandbox {
         self.slots.admit().map_err(SandboxError::from)
     }
 
-    /// Runs `script` in a fresh jail once a slot is free, and waits for it, at most the time
+    /// Runs `job` in a fresh jail once a slot is free, and waits for it, at most its time
     /// limit. The answer does not wait for the teardown: the slot keeps its place (and so
     /// counts in admission) until its sweep is done, in the background.
-    #[tracing::instrument(skip_all, fields(script_bytes = script.as_str().len()))]
-    pub async fn execute(
-        &self,
-        ticket: Ticket,
-        script: &Script,
-    ) -> Result<Execution, SandboxError> {
+    #[tracing::instrument(skip_all, fields(script_bytes = job.script.as_str().len()))]
+    pub async fn execute(&self, ticket: Ticket, job: &Job) -> Result<Execution, SandboxError> {
         let begun = Instant::now();
         let mut slot = ticket.acquire().await?;
         let mut phases = Phases {
@@ -343,7 +356,7 @@ impl Sandbox {
             ..Phases::default()
         };
         slot.sweep_files = !self.profile.namespaced();
-        let prepared = self.prepare(slot.uid, script).await?;
+        let prepared = self.prepare(slot.uid, job).await?;
         (phases.workdir, phases.cgroup) = (prepared.workdir_took, prepared.cgroup_took);
         let workdir = prepared.workdir;
         // From here the slot owns both: on every path its sweep removes them with the rest.
@@ -355,10 +368,10 @@ impl Sandbox {
                 dirs.push(workdir.join(command::TMP_DIR));
                 dirs.extend(cleanup::SHARED_TMP.iter().map(PathBuf::from));
             }
-            watchdog::Watchdog::start(slot.uid, dirs, self.limits.memory_bytes)
+            watchdog::Watchdog::start(slot.uid, dirs, job.limits.memory_bytes)
         });
         let warm = match self.warm() {
-            Some(zygote) => self.run_warm(&zygote, &slot, &workdir, script).await,
+            Some(zygote) => self.run_warm(&zygote, &slot, &workdir, job).await,
             None => Err(zygote::Unavailable("the warm path is off".to_owned())),
         };
         let (finished, path) = match warm {
@@ -368,7 +381,7 @@ impl Sandbox {
                     tracing::debug!(reason = %unavailable, "running cold");
                     warm.restart();
                 }
-                (self.run_cold(&slot, &workdir).await?, "cold")
+                (self.run_cold(&slot, &workdir, &job.limits).await?, "cold")
             }
         };
         phases.set_run(
@@ -395,7 +408,7 @@ impl Sandbox {
             &finished,
             self.profile,
             usage.oom_killed || over_memory,
-            &self.limits,
+            &job.limits,
         )?;
         Ok(Execution {
             outcome,
@@ -406,20 +419,31 @@ impl Sandbox {
         })
     }
 
-    fn caps(&self) -> Caps {
+    /// What is read of an execution's output: its stdout and stderr caps, and room for the
+    /// largest final frame (the result, the files in base64 or escaped text, their paths).
+    fn caps(limits: &Limits) -> Caps {
+        let files = limits.output_files_bytes.saturating_mul(2)
+            + u64::try_from(limits.output_files).unwrap_or(u64::MAX) * FILE_ENTRY_OVERHEAD;
         Caps {
-            stdout: self.limits.output_bytes,
-            stderr: self.limits.output_bytes,
-            result: self.limits.result_bytes + FRAME_OVERHEAD,
+            stdout: limits.output_bytes,
+            stderr: limits.output_bytes,
+            result: limits.result_bytes
+                + FRAME_OVERHEAD
+                + usize::try_from(files).unwrap_or(usize::MAX),
             log: LOG_CAP,
         }
     }
 
     /// A cold jail: nsjail with the harness, started for this execution alone.
-    async fn run_cold(&self, slot: &Slot, workdir: &Path) -> Result<Finished, SandboxError> {
+    async fn run_cold(
+        &self,
+        slot: &Slot,
+        workdir: &Path,
+        limits: &Limits,
+    ) -> Result<Finished, SandboxError> {
         let cmd = command::build(&command::Run {
             config: &self.config,
-            limits: &self.limits,
+            limits,
             profile: self.profile,
             workdir,
             uid: slot.uid,
@@ -427,10 +451,16 @@ impl Sandbox {
             python_args: None,
             seccomp: &self.seccomp,
         });
-        let time_limit = self.limits.time_limit();
-        process::run(cmd, command::FDS, time_limit, self.caps(), &self.cancel)
-            .await
-            .map_err(|source| self.spawn_error(source))
+        let time_limit = limits.time_limit();
+        process::run(
+            cmd,
+            command::FDS,
+            time_limit,
+            Self::caps(limits),
+            &self.cancel,
+        )
+        .await
+        .map_err(|source| self.spawn_error(source))
     }
 
     /// A child of the zygote, in the slot's cgroup before it does anything; `Unavailable` when
@@ -440,7 +470,7 @@ impl Sandbox {
         zygote: &Zygote,
         slot: &Slot,
         workdir: &Path,
-        script: &Script,
+        job: &Job,
     ) -> Result<Finished, zygote::Unavailable> {
         let unavailable = |error: io::Error| zygote::Unavailable(error.to_string());
         let (stdout, stdout_writer) = process::pipe().map_err(unavailable)?;
@@ -457,18 +487,17 @@ impl Sandbox {
         } else {
             slot.uid
         };
-        let job = serde_json::json!({
-            "uid": uid,
-            "cwd": cwd,
-            "tmp_bytes": self.limits.tmp_bytes,
-            "env": env,
-            "settings": command::settings(&self.limits, slot.cgroup().is_some()),
-            "script": script.as_str(),
-        });
+        let limits = &job.limits;
+        let mut harness_job = job.to_harness();
+        harness_job["uid"] = uid.into();
+        harness_job["cwd"] = serde_json::json!(cwd);
+        harness_job["tmp_bytes"] = limits.tmp_bytes.into();
+        harness_job["env"] = env.into();
+        harness_job["settings"] = command::settings(limits, slot.cgroup().is_some());
         let started = Instant::now();
         let mut forked = zygote
             .fork(
-                job.to_string().as_bytes(),
+                harness_job.to_string().as_bytes(),
                 [stdout_writer, stderr_writer, result_writer],
             )
             .await?;
@@ -482,13 +511,12 @@ impl Sandbox {
             result,
             log: None,
         };
-        let time_limit = self.limits.time_limit();
         process::supervise(
             &mut forked,
             pipes,
             started,
-            time_limit,
-            self.caps(),
+            limits.time_limit(),
+            Self::caps(limits),
             &self.cancel,
         )
         .await
@@ -547,7 +575,9 @@ impl Sandbox {
         let mut slot = self.admit()?.acquire().await?;
         let nothing = validate(CANARY.to_owned(), CANARY.len())
             .map_err(|error| SandboxError::Unavailable(error.to_string()))?;
-        let prepared = self.prepare(slot.uid, &nothing).await?;
+        let prepared = self
+            .prepare(slot.uid, &Job::script_only(nothing, self.limits.clone()))
+            .await?;
         let workdir = prepared.workdir;
         slot.hold(workdir.clone(), prepared.cgroup);
         let cmd = command::build(&command::Run {
@@ -588,15 +618,16 @@ impl Sandbox {
     pub async fn check(&self) -> Result<(), String> {
         let canary =
             validate(CANARY.to_owned(), CANARY.len()).map_err(|error| error.to_string())?;
+        let canary = Job::script_only(canary, self.limits.clone());
         let execution = match self.admit() {
             Ok(ticket) => self.execute(ticket, &canary).await,
             Err(error) => Err(error),
         };
         let status = match execution {
             Ok(Execution {
-                outcome: Outcome::Returned(value),
+                outcome: Outcome::Returned(returned),
                 ..
-            }) if value.get() == "\"ok\"" => Ok(()),
+            }) if returned.result.get() == "\"ok\"" => Ok(()),
             Ok(execution) => Err(format!(
                 "the canary script did not return \"ok\": {execution:?}"
             )),
@@ -661,7 +692,7 @@ impl Sandbox {
 
     /// The execution's private directory and, where cgroups are writable, its cgroup: made on
     /// the blocking pool, since both are file-system work.
-    async fn prepare(&self, uid: u32, script: &Script) -> Result<Prepared, SandboxError> {
+    async fn prepare(&self, uid: u32, job: &Job) -> Result<Prepared, SandboxError> {
         let parent = self.block.as_ref().map_or_else(
             || self.config.work_root.clone(),
             |block| block.work_dir().to_owned(),
@@ -669,12 +700,12 @@ impl Sandbox {
         let number = self.executions.fetch_add(1, Ordering::Relaxed);
         let dir = parent.join(format!("run-{uid}-{number}"));
         let namespaced = self.profile.namespaced();
-        let script = script.as_str().to_owned();
+        let harness_job = job.to_harness().to_string();
         let cgroups = self.cgroups.clone();
-        let limits = self.limits.clone();
+        let limits = job.limits.clone();
         blocking(move || {
             let started = Instant::now();
-            if let Err(error) = workdir(&dir, namespaced, uid, &script) {
+            if let Err(error) = workdir(&dir, namespaced, uid, &harness_job) {
                 cleanup::remove_or_quarantine(&dir);
                 return Err(error);
             }
@@ -742,7 +773,7 @@ async fn blocking<T: Send + 'static>(
 
 /// Makes `dir`, the execution's private directory, readable only by root and the slot's gid:
 /// the harness and the script, and (no mount namespace) a `tmp/` only the slot's uid can use.
-fn workdir(dir: &Path, namespaced: bool, uid: u32, script: &str) -> Result<(), SandboxError> {
+fn workdir(dir: &Path, namespaced: bool, uid: u32, job: &str) -> Result<(), SandboxError> {
     // A full disk is the host's condition, not a fault of ours: 503, and it may pass.
     let internal = |context| {
         move |source: io::Error| match source.kind() {
@@ -758,8 +789,8 @@ fn workdir(dir: &Path, namespaced: bool, uid: u32, script: &str) -> Result<(), S
     std::fs::create_dir(dir).map_err(internal("creating the execution directory failed"))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .map_err(internal("setting the execution directory's mode failed"))?;
-    harness::install(dir, script).map_err(internal("writing the script failed"))?;
-    for file in [harness::HARNESS_FILE, harness::SCRIPT_FILE] {
+    harness::install(dir, job.as_bytes()).map_err(internal("writing the job failed"))?;
+    for file in [harness::HARNESS_FILE, harness::JOB_FILE] {
         let path = dir.join(file);
         chown(&path, None, Some(uid))
             .map_err(internal("handing the script to the slot's gid failed"))?;

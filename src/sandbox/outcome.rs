@@ -5,14 +5,15 @@
 
 use std::os::unix::process::ExitStatusExt;
 
-use serde_json::value::RawValue;
+use base64::Engine;
 
 use super::SandboxError;
 use super::process::{Captured, Ended, Finished};
 use crate::config::{Limits, Profile};
 use crate::failure::{ExitVia, ScriptFailure};
-use crate::harness::{self, Reported};
-use crate::protocol::ScriptOutput;
+use crate::harness::{self, Reported, Returned};
+use crate::job;
+use crate::protocol::{FileEncoding, ScriptOutput};
 
 /// One finished execution: what happened and what the script printed.
 #[derive(Debug)]
@@ -30,8 +31,8 @@ pub struct Execution {
 /// What the script did.
 #[derive(Debug)]
 pub enum Outcome {
-    /// `main()` returned this JSON, exactly as the harness encoded it.
-    Returned(Box<RawValue>),
+    /// `main()` returned: its JSON, exactly as the harness encoded it, and what came with it.
+    Returned(Returned),
     Failed(ScriptFailure),
 }
 
@@ -74,7 +75,10 @@ pub fn classify(
             memory_limit_bytes: limits.memory_bytes,
         },
         Ended::Exited(status) => match report.outcome {
-            Some(Ok(Reported::Returned(value))) => return Ok(Outcome::Returned(value)),
+            Some(Ok(Reported::Returned(returned))) => match check_files(&returned, limits) {
+                Ok(()) => return Ok(Outcome::Returned(returned)),
+                Err(problem) => ScriptFailure::ResultUnreadable { problem },
+            },
             Some(Ok(Reported::Failed(failure))) => failure,
             Some(Err(error)) => ScriptFailure::ResultUnreadable {
                 problem: error.to_string(),
@@ -99,6 +103,46 @@ pub fn classify(
         },
     };
     Ok(Outcome::Failed(failure))
+}
+
+/// The returned files hold to the request's caps and to the path rules of input files, each
+/// content is what its encoding and size say, and no path comes twice: the frame is the
+/// script process's word, and a client may write these paths to its own disk.
+fn check_files(returned: &Returned, limits: &Limits) -> Result<(), String> {
+    let Some(files) = &returned.files else {
+        return Ok(());
+    };
+    if files.len() > limits.output_files {
+        return Err(format!("{} files, over the cap", files.len()));
+    }
+    let mut paths = std::collections::BTreeSet::new();
+    let mut total: u64 = 0;
+    for file in files {
+        if job::normalise(&file.path).as_deref() != Ok(file.path.as_str()) {
+            return Err(format!(
+                "a file path that breaks the rules: {:?}",
+                file.path
+            ));
+        }
+        if !paths.insert(file.path.as_str()) {
+            return Err(format!("the file path {:?} twice", file.path));
+        }
+        let size = match file.encoding {
+            FileEncoding::Utf8 => file.content.len(),
+            FileEncoding::Base64 => base64::engine::general_purpose::STANDARD
+                .decode(&file.content)
+                .map_err(|_| format!("file {:?} is not valid base64", file.path))?
+                .len(),
+        };
+        if size as u64 != file.size {
+            return Err(format!("file {:?} is not the size it claims", file.path));
+        }
+        total = total.saturating_add(file.size);
+    }
+    if total > limits.output_files_bytes {
+        return Err(format!("{total} bytes of files, over the cap"));
+    }
+    Ok(())
 }
 
 /// Without namespaces nsjail execs into the interpreter: the wait status is the script's own.
@@ -214,7 +258,7 @@ mod tests {
     fn failure_in(profile: Profile, oom: bool, finished: &Finished) -> ScriptFailure {
         match classify(finished, profile, oom, &Limits::default()).unwrap() {
             Outcome::Failed(failure) => failure,
-            Outcome::Returned(value) => panic!("returned {value}"),
+            Outcome::Returned(returned) => panic!("returned {returned:?}"),
         }
     }
 

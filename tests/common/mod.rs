@@ -6,6 +6,7 @@
     reason = "a failed unwrap is a failed test"
 )]
 
+pub mod escape_cases;
 pub mod service;
 
 use std::net::SocketAddr;

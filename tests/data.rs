@@ -1,0 +1,466 @@
+//! Data in and out: `input` for `main`, files placed in the working directory and files sent
+//! back, per-request limits. The rules that never reach a sandbox are checked at the router;
+//! everything else runs through the real service, nsjail and sandbox Python, in both
+//! profiles and on both paths where it matters. Loopback only.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a failed unwrap is a failed test"
+)]
+
+mod common;
+
+use base64::Engine;
+use common::{TestApp, error_code, oneshot, post_execute, router_only, spawn_app_with};
+use pyexec::config::ProfileChoice;
+use serde_json::{Value, json};
+
+const SALES: &str = "region,units,price\nnorth,3,2.5\nsouth,5,1.0\nnorth,1,4.0\n";
+
+/// The README's example: a CSV in, a computed CSV and a JSON summary out.
+const ANALYSIS: &str = r#"
+import pandas as pd
+
+def main(options):
+    sales = pd.read_csv("data/sales.csv")
+    sales["revenue"] = sales["units"] * sales["price"]
+    by_region = sales.groupby("region", as_index=False)["revenue"].sum()
+    by_region.to_csv("by_region.csv", index=False)
+    return {"rows": len(sales), "total": sales["revenue"].sum() * options["scale"]}
+"#;
+
+async fn post(app: &TestApp, body: Value) -> (u16, Value) {
+    app.post_json(&body).await
+}
+
+async fn app(profile: ProfileChoice, warm: bool) -> TestApp {
+    spawn_app_with(|config| {
+        config.sandbox.profile = profile;
+        config.sandbox.warm = warm;
+        config.sandbox.max_concurrency = 1;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_csv_goes_in_and_a_computed_csv_and_a_summary_come_back_in_every_configuration() {
+    for (profile, warm) in [
+        (ProfileChoice::Strict, true),
+        (ProfileChoice::Strict, false),
+        (ProfileChoice::CloudRun, true),
+        (ProfileChoice::CloudRun, false),
+    ] {
+        let app = app(profile, warm).await;
+        assert_eq!(app.warm, warm);
+        let (status, body) = post(
+            &app,
+            json!({
+                "script": ANALYSIS,
+                "input": {"scale": 2},
+                "files": [{"path": "data/sales.csv", "content": SALES}],
+                "return_files": true,
+            }),
+        )
+        .await;
+        let context = format!("{profile:?} warm={warm}: {body}");
+        assert_eq!(status, 200, "{context}");
+        assert_eq!(
+            body["result"],
+            json!({"rows": 3, "total": 33.0}),
+            "{context}"
+        );
+        // The input file is left out: it came back unchanged.
+        let csv = "region,revenue\nnorth,11.5\nsouth,5.0\n";
+        assert_eq!(
+            body["files"],
+            json!([{"path": "by_region.csv", "size": csv.len(), "content": csv, "encoding": "utf-8"}]),
+            "{context}"
+        );
+        assert_eq!(body["files_truncated"], false, "{context}");
+        assert!(body.get("skipped_files").is_none(), "{context}");
+    }
+}
+
+#[tokio::test]
+async fn binary_files_round_trip_and_patterns_choose_what_comes_back() {
+    let app = app(ProfileChoice::Auto, true).await;
+    let bytes: Vec<u8> = (0..=255).cycle().take(70_000).collect();
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&bytes);
+    let script = "import shutil\ndef main():\n    shutil.copy('in.bin', 'out/copy.bin')\n    open('note.txt', 'w').write('n')\n";
+    let (status, body) = post(
+        &app,
+        json!({
+            "script": format!("import os\nos.makedirs('out')\n{script}"),
+            "files": [{"path": "./in.bin", "content": encoded, "encoding": "base64"}],
+            "return_files": ["*.bin"],
+        }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let files = body["files"].as_array().unwrap();
+    let paths: Vec<&str> = files.iter().map(|f| f["path"].as_str().unwrap()).collect();
+    // A pattern asks for unchanged inputs too; note.txt matches none.
+    assert_eq!(paths, ["in.bin", "out/copy.bin"]);
+    for file in files {
+        assert_eq!(file["encoding"], "base64");
+        assert_eq!(file["size"], 70_000);
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(file["content"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(decoded, bytes);
+    }
+}
+
+#[tokio::test]
+async fn input_reaches_main_and_mismatches_are_clear_400s() {
+    let app = app(ProfileChoice::Auto, true).await;
+    let (status, body) = post(
+        &app,
+        json!({"script": "def main(data):\n    return data", "input": [1, {"a": null}]}),
+    )
+    .await;
+    assert_eq!((status, &body["result"]), (200, &json!([1, {"a": null}])));
+
+    let (status, body) = post(
+        &app,
+        json!({"script": "def main():\n    return 1", "input": 5}),
+    )
+    .await;
+    assert_eq!((status, error_code(&body)), (400, "main_takes_no_input"));
+    assert!(
+        body["error"].as_str().unwrap().contains("main(input)"),
+        "{body}"
+    );
+
+    let (status, body) = post(&app, json!({"script": "def main(data):\n    return data"})).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (400, "main_requires_arguments")
+    );
+    assert_eq!(body["input_given"], false);
+    assert!(
+        body["error"].as_str().unwrap().contains("\"input\""),
+        "{body}"
+    );
+}
+
+/// Sends `body` through the router alone (these are refused before any sandbox).
+async fn refused(router: &axum::Router, body: &Value) -> (u16, Value) {
+    let (status, _, answer) = oneshot(
+        router,
+        post_execute(Some("application/json"), body.to_string()),
+    )
+    .await;
+    (status, answer)
+}
+
+/// Each rule on `files`, with one bad request each: the entry and the rule are named.
+#[tokio::test]
+async fn every_rule_on_files_is_a_400_naming_the_entry() {
+    let router = router_only(|_| {});
+    let file = |path: &str| json!({"path": path, "content": "x"});
+    let cases = [
+        (json!([file("a"), file("")]), 1, "is empty"),
+        (json!([file("/etc/passwd")]), 0, "is absolute"),
+        (json!([file("a/../../etc/passwd")]), 0, "contains `..`"),
+        (json!([file("a\\b")]), 0, "backslash"),
+        (json!([file("dir/")]), 0, "name a file"),
+        (json!([file(&"n".repeat(256))]), 0, "255 bytes"),
+        (
+            json!([file(&format!("{}f", "d/".repeat(17)))]),
+            0,
+            "16 directories",
+        ),
+        (
+            json!([file("a.csv"), file("./a.csv")]),
+            1,
+            "is also files[0]",
+        ),
+        (json!([file("a"), file("a/b")]), 1, "directory of files[0]"),
+        (
+            json!([{"path": "b", "content": "***", "encoding": "base64"}]),
+            0,
+            "not valid base64",
+        ),
+    ];
+    for (files, index, rule) in cases {
+        let (status, answer) = refused(
+            &router,
+            &json!({"script": "def main(): pass", "files": files}),
+        )
+        .await;
+        assert_eq!(
+            (status, error_code(&answer)),
+            (400, "invalid_file"),
+            "{files}: {answer}"
+        );
+        assert_eq!(answer["index"], index, "{answer}");
+        let message = answer["error"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("files[{index}]")) && message.contains(rule),
+            "{answer}"
+        );
+    }
+
+    let many: Vec<Value> = (0..65).map(|i| file(&format!("f{i}"))).collect();
+    let (status, answer) = refused(
+        &router,
+        &json!({"script": "def main(): pass", "files": many}),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&answer)),
+        (400, "too_many_files"),
+        "{answer}"
+    );
+    assert_eq!(
+        (&answer["files"], &answer["limit_files"]),
+        (&json!(65), &json!(64))
+    );
+
+    let big = base64::engine::general_purpose::STANDARD.encode(vec![0u8; (8 << 20) + 1]);
+    let body = json!({"script": "def main(): pass", "files": [{"path": "big", "content": big, "encoding": "base64"}]});
+    let (status, answer) = refused(&router, &body).await;
+    assert_eq!(
+        (status, error_code(&answer)),
+        (413, "files_too_large"),
+        "{answer}"
+    );
+    assert_eq!(answer["limit_bytes"], 8 << 20);
+}
+
+/// Each rule on `return_files`, `limits` and the file encoding, with one bad request each.
+#[tokio::test]
+async fn every_rule_on_patterns_and_limits_is_a_400_saying_what_fits() {
+    let router = router_only(|_| {});
+    for (field, value, code, words) in [
+        (
+            "return_files",
+            json!([]),
+            "invalid_return_files",
+            "glob patterns",
+        ),
+        (
+            "return_files",
+            json!([""]),
+            "invalid_return_files",
+            "1 to 256 bytes",
+        ),
+        (
+            "return_files",
+            json!("*.csv"),
+            "invalid_request",
+            "list of glob patterns",
+        ),
+        (
+            "limits",
+            json!({"time_ms": 30_001}),
+            "invalid_limit",
+            "between 1 and 30000",
+        ),
+        (
+            "limits",
+            json!({"time_ms": 0}),
+            "invalid_limit",
+            "limits.time_ms",
+        ),
+        (
+            "limits",
+            json!({"memory_bytes": 1 << 20}),
+            "invalid_limit",
+            "67108864",
+        ),
+        (
+            "limits",
+            json!({"output_bytes": 2 << 20}),
+            "invalid_limit",
+            "1048576",
+        ),
+        (
+            "limits",
+            json!({"cpu": 1}),
+            "invalid_request",
+            "unknown field `cpu`",
+        ),
+        (
+            "files",
+            json!([{"path": "a", "content": "x", "encoding": "hex"}]),
+            "invalid_request",
+            "unknown variant",
+        ),
+    ] {
+        let (status, answer) = refused(
+            &router,
+            &json!({"script": "def main(): pass", field: value}),
+        )
+        .await;
+        assert_eq!(
+            (status, error_code(&answer)),
+            (400, code),
+            "{field}={value}: {answer}"
+        );
+        assert!(
+            answer["error"].as_str().unwrap().contains(words),
+            "{answer}"
+        );
+        if code == "invalid_limit" {
+            assert!(answer["maximum"].is_u64(), "{answer}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn per_request_limits_apply_and_the_answer_says_which() {
+    let app = app(ProfileChoice::Auto, true).await;
+    let (status, body) = post(
+        &app,
+        json!({
+            "script": "def main():\n    print('x' * 100)\n    return 1",
+            "limits": {"output_bytes": 10},
+        }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["stdout"], "xxxxxxxxxx");
+    assert_eq!(body["stdout_truncated"], true);
+    assert_eq!(
+        body["limits"],
+        json!({"time_ms": 30_000, "memory_bytes": 512 << 20, "output_bytes": 10})
+    );
+
+    let (status, body) = post(
+        &app,
+        json!({"script": "import time\ndef main():\n    time.sleep(5)", "limits": {"time_ms": 300}}),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (400, "time_limit_exceeded"),
+        "{body}"
+    );
+    assert_eq!(body["time_limit_ms"], 300);
+
+    let (status, body) = post(
+        &app,
+        json!({
+            "script": "def main():\n    block = bytearray(200 << 20)\n    return len(block)",
+            "limits": {"memory_bytes": 64 << 20},
+        }),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (400, "memory_limit_exceeded"),
+        "{body}"
+    );
+    assert_eq!(body["memory_limit_bytes"], 64 << 20);
+
+    // Without `limits` the answer does not carry them, and the service's own apply.
+    let (status, body) = post(&app, json!({"script": "def main():\n    return 1"})).await;
+    assert_eq!(status, 200);
+    assert!(body.get("limits").is_none(), "{body}");
+}
+
+/// Links to what a script must not read (the host's secrets, the service's files, another
+/// process's environment) are skipped, never followed, in both profiles; so is a file swapped
+/// for a link while it is being read.
+#[tokio::test]
+async fn links_are_never_followed_and_a_file_swapped_while_read_never_comes_back_wrong() {
+    let service_config = format!("{}/config/default.toml", env!("CARGO_MANIFEST_DIR"));
+    for profile in [ProfileChoice::Strict, ProfileChoice::CloudRun] {
+        let app = app(profile, true).await;
+        let script = format!(
+            r#"
+import os, threading
+def main():
+    for name, target in [("shadow", "/etc/shadow"), ("environ", "/proc/self/environ"),
+                         ("service", "{service_config}"), ("passwd", "/etc/passwd"),
+                         ("parent", "..")]:
+        os.symlink(target, name)
+    try:
+        os.link("/etc/shadow", "hard")
+    except OSError:
+        pass
+    open("plain.txt", "w").write("plain")
+    stop = threading.Event()
+    def swap():
+        while not stop.is_set():
+            try:
+                os.symlink("/etc/passwd", "swap.tmp")
+                os.replace("swap.tmp", "swapped")
+                with open("swap.tmp", "w") as f:
+                    f.write("honest")
+                os.replace("swap.tmp", "swapped")
+            except OSError:
+                pass
+    threading.Thread(target=swap, daemon=True).start()
+    return "ok"
+"#
+        );
+        for _ in 0..3 {
+            let (status, body) = post(&app, json!({"script": script, "return_files": true})).await;
+            assert_eq!(status, 200, "{profile:?}: {body}");
+            let files = body["files"].as_array().unwrap();
+            for file in files {
+                let content = file["content"].as_str().unwrap();
+                assert!(
+                    !content.contains("root:") && !content.contains("PATH="),
+                    "{profile:?}: {file}"
+                );
+                if file["path"] == "swapped" {
+                    assert_eq!(content, "honest", "{profile:?}");
+                }
+            }
+            let skipped: Vec<(&str, &str)> = body["skipped_files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| (s["path"].as_str().unwrap(), s["reason"].as_str().unwrap()))
+                .collect();
+            for link in ["environ", "parent", "passwd", "service", "shadow"] {
+                assert!(
+                    skipped.contains(&(link, "symlink")),
+                    "{profile:?}: {skipped:?}"
+                );
+            }
+            assert!(
+                files.iter().any(|f| f["path"] == "plain.txt"),
+                "{profile:?}: {body}"
+            );
+            assert!(
+                !files.iter().any(|f| f["path"] == "hard"),
+                "{profile:?}: {body}"
+            );
+        }
+    }
+}
+
+/// What one execution leaves in its working directory is not in the next one's, even on the
+/// same slot (one sandbox at a time), on both paths and in both profiles.
+#[tokio::test]
+async fn files_of_one_execution_never_appear_in_another_s_answer() {
+    for (profile, warm) in [
+        (ProfileChoice::Strict, true),
+        (ProfileChoice::CloudRun, true),
+        (ProfileChoice::CloudRun, false),
+    ] {
+        let app = app(profile, warm).await;
+        let leave = json!({
+            "script": "import os, tempfile\ndef main():\n    open('secret.csv', 'w').write('mine')\n    open(os.path.join(tempfile.gettempdir(), 'tmp-secret'), 'w').write('mine')\n    return os.getcwd()",
+            "files": [{"path": "in/secret.txt", "content": "mine"}],
+        });
+        let (status, body) = post(&app, leave).await;
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = post(
+            &app,
+            json!({
+                "script": "import os\ndef main():\n    return sorted(os.listdir('.'))",
+                "return_files": true,
+            }),
+        )
+        .await;
+        assert_eq!(status, 200, "{profile:?} warm={warm}: {body}");
+        assert_eq!(body["result"], json!([]), "{profile:?} warm={warm}: {body}");
+        assert_eq!(body["files"], json!([]), "{profile:?} warm={warm}: {body}");
+    }
+}

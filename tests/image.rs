@@ -1,0 +1,837 @@
+//! The container image, built and run for real with podman: what `make test` can say about
+//! the Dockerfile without a Docker engine or a registry. It builds the image on local
+//! stand-ins of its base images (`scripts/image-stand-ins.sh`), checks what the image holds
+//! (its size; no compiler, test tool or build secret), then runs it twice: with
+//! `--privileged`, where every namespace and writable cgroups make the `strict` profile, and
+//! without, where podman's default capabilities and read-only cgroups leave `cloudrun` with
+//! rlimits (what Cloud Run's first generation offers). Each run must come up healthy in the
+//! profile its mode allows, answer the API, hold against the part of the escape suite whose
+//! outcome does not depend on the suite's small limits, and exit 0 on `podman stop`.
+//!
+//! Podman runs as here: `--isolation=chroot` builds and the `runc` runtime (crun cannot handle
+//! this host's hybrid cgroups), ulimits the host allows (podman's defaults exceed them), the
+//! host's network with the service on a free loopback port (nothing else is ever talked to),
+//! and the host's CA bundle handed to the build as a secret (downloads are re-signed here).
+//! The figures (image size, build time, start to healthy per mode, total) go to
+//! `target/image-report.json` and to stderr.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a failed unwrap is a failed test"
+)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr as UnixSocketAddr, UnixListener};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::escape_cases::{self, Case, Expect, Placeholders, Returns, cases, mismatch};
+use serde_json::{Value, json};
+
+/// The image the test builds (and leaves, so the next build reuses its layers).
+const IMAGE: &str = "localhost/pyexec:test";
+/// The label the stand-ins carry, and every image built on them inherits.
+const STAND_IN_LABEL: &str = "io.pyexec.stand-in.recipe";
+/// Podman's default ulimits exceed what this host allows; these it does.
+const ULIMITS: [&str; 4] = [
+    "--ulimit",
+    "nofile=10000:10000",
+    "--ulimit",
+    "nproc=32768:32768",
+];
+/// The largest image accepted, in MB (10^6 bytes, as podman counts). The image measured
+/// 381 MB on the stand-ins (numpy and pandas are half of it); a compiler, the Rust toolchain
+/// or the test tools slipping into the runtime stage would each cost 60 MB or far more.
+const IMAGE_BUDGET_MB: u64 = 450;
+/// The host's CA bundle: the build's secret, and what the image must not hold.
+const HOST_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// The escape cases run against the container: those whose outcome is the same under the
+/// image's default limits as under the suite's small ones (time and CPU limits, which would
+/// take the default 30 s and 60 s, and the size-dependent cases are left to tests/escape.rs),
+/// and that do not depend on the test process being the service.
+const ESCAPE_CASES: &[&str] = &[
+    "read_host_files",
+    "read_service_files",
+    "read_service_process",
+    "read_environment",
+    "read_proc_1_environ",
+    "see_host_processes",
+    "write_outside_tmp",
+    "tmp_visible_to_the_next_execution",
+    "list_a_concurrent_execution_s_files",
+    "find_the_previous_execution_s_traces",
+    "connect_to_loopback",
+    "connect_to_a_host_unix_socket",
+    "raw_and_netlink_sockets",
+    "see_interfaces_and_routes",
+    "capabilities",
+    "become_root",
+    "privileged_syscalls",
+    "sysv_ipc_and_message_queues",
+    "kill_the_parent",
+    "kill_every_process",
+    "outlive_the_execution",
+    "share_the_cpu_unfairly",
+    "grow_socket_buffers",
+    "limits_leave_room_for_numpy_and_pandas",
+    "fork_bomb",
+    "memory_bomb",
+    "open_files",
+    "huge_stdout",
+    "ctypes_segfault",
+    "exit_137",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_image_builds_runs_each_profile_and_stops_cleanly() {
+    let started = Instant::now();
+    let podman_version = podman(&["--version"]);
+    assert!(
+        podman_version.status.success(),
+        "podman does not run: `make test` installs it (scripts/setup.sh)"
+    );
+
+    let stand_ins_started = Instant::now();
+    let build_args = stand_ins();
+    let stand_ins_secs = stand_ins_started.elapsed().as_secs_f64();
+
+    let build_started = Instant::now();
+    build(&build_args);
+    let build_secs = build_started.elapsed().as_secs_f64();
+
+    let size_mb = check_image();
+
+    let mut modes = BTreeMap::new();
+    for privileged in [true, false] {
+        let mode = run_mode(privileged).await;
+        modes.insert(
+            if privileged {
+                "privileged"
+            } else {
+                "unprivileged"
+            },
+            mode,
+        );
+    }
+
+    let report = json!({
+        "image": IMAGE,
+        "image_size_mb": size_mb,
+        "stand_ins_secs": round(stand_ins_secs),
+        "build_secs": round(build_secs),
+        "modes": modes,
+        "total_secs": round(started.elapsed().as_secs_f64()),
+    });
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/image-report.json");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap()).unwrap();
+    eprintln!(
+        "image report ({}):\n{}",
+        path.display(),
+        serde_json::to_string_pretty(&report).unwrap()
+    );
+}
+
+fn round(secs: f64) -> f64 {
+    (secs * 10.0).round() / 10.0
+}
+
+/// Runs podman with these arguments and waits for it.
+fn podman(args: &[&str]) -> Output {
+    Command::new("podman")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run podman (`make test` installs it): {error}"))
+}
+
+/// Runs podman and returns its stdout; a failure fails the test with its stderr.
+fn podman_ok(args: &[&str]) -> String {
+    let output = podman(args);
+    assert!(
+        output.status.success(),
+        "podman {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Makes (or finds current) the stand-in base images; their names, as `--build-arg`s.
+fn stand_ins() -> Vec<String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/image-stand-ins.sh");
+    let output = Command::new("bash")
+        .arg(&script)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{} failed", script.display());
+    let args: Vec<String> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .filter(|line| line.contains('='))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(args.len(), 2, "BUILD_IMAGE and RUNTIME_IMAGE: {args:?}");
+    args
+}
+
+/// Builds the repository's Dockerfile as `IMAGE`; the build's output goes to
+/// `target/image-build.log`, whose end a failure shows.
+fn build(build_args: &[String]) {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let log_path = Path::new(root).join("target/image-build.log");
+    std::fs::create_dir_all(log_path.parent().unwrap()).unwrap();
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut command = Command::new("podman");
+    command
+        .args([
+            "build",
+            "--isolation=chroot",
+            "--pull=never",
+            "--format",
+            "docker",
+        ])
+        .args(ULIMITS)
+        .args(["--tag", IMAGE, "--file", "Dockerfile"]);
+    for arg in build_args {
+        command.args(["--build-arg", arg]);
+    }
+    // Downloads in the build are re-signed on these machines: the host's bundle is a secret
+    // of the build (mounted for the RUN steps that download, in no layer).
+    if Path::new(HOST_CA_BUNDLE).exists() {
+        command.args(["--secret", &format!("id=ca,src={HOST_CA_BUNDLE}")]);
+    }
+    let status = command
+        .arg(root)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .status()
+        .unwrap();
+    if !status.success() {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(40).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        panic!(
+            "podman build failed ({}):\n{}",
+            log_path.display(),
+            tail.join("\n")
+        );
+    }
+    // Each build leaves the image it replaces and the last build stage untagged; those made
+    // on the stand-ins are this test's alone (they carry the stand-ins' label), so they go.
+    let _ = podman(&[
+        "image",
+        "prune",
+        "--force",
+        "--filter",
+        &format!("label={STAND_IN_LABEL}"),
+    ]);
+}
+
+/// Checks what the image holds; its size in MB.
+fn check_image() -> u64 {
+    let inspect: Value = serde_json::from_str(&podman_ok(&["image", "inspect", IMAGE])).unwrap();
+    let image = &inspect[0];
+    let size_mb = image["Size"].as_u64().unwrap() / 1_000_000;
+    assert!(
+        size_mb <= IMAGE_BUDGET_MB,
+        "the image is {size_mb} MB, over its budget of {IMAGE_BUDGET_MB} MB"
+    );
+    assert!(
+        !image["Healthcheck"].is_null(),
+        "HEALTHCHECK kept (docker format): {image}"
+    );
+    // The secret reaches the build through a mount only: never the environment or a layer.
+    let env = image["Config"]["Env"].to_string();
+    for name in [
+        "PIP_CERT",
+        "CARGO_HTTP_CAINFO",
+        "SSL_CERT_FILE",
+        "REQUESTS_CA_BUNDLE",
+    ] {
+        assert!(
+            !env.contains(name),
+            "the image's environment sets {name}: {env}"
+        );
+    }
+    let history = podman_ok(&["history", "--no-trunc", "--format", "{{.CreatedBy}}", IMAGE]);
+    assert!(!history.contains("BEGIN CERTIFICATE"), "{history}");
+
+    let mounted = MountedImage::mount();
+    check_no_build_tools(&mounted.path);
+    check_no_build_secret(&mounted.path);
+    size_mb
+}
+
+/// No compiler, toolchain, source tree or test tool in the runtime stage.
+fn check_no_build_tools(root: &Path) {
+    let present = |path: &str| {
+        root.join(path.trim_start_matches('/'))
+            .symlink_metadata()
+            .is_ok()
+    };
+
+    let compilers = [
+        "/usr/bin/gcc",
+        "/usr/bin/cc",
+        "/usr/bin/c++",
+        "/usr/bin/g++",
+        "/usr/bin/ld",
+        "/usr/bin/as",
+        "/usr/bin/make",
+        "/usr/lib/gcc",
+        "/usr/libexec/gcc",
+        "/usr/local/cargo",
+        "/usr/local/rustup",
+        "/usr/bin/cargo",
+        "/usr/bin/rustc",
+        "/src",
+    ];
+    let tools = [
+        "/opt/pyexec/tools",
+        "/usr/bin/podman",
+        "/usr/bin/shellcheck",
+        "/usr/bin/chromium",
+        "/usr/bin/chromedriver",
+        "/usr/bin/debootstrap",
+        "/usr/local/bin/hadolint",
+        "/app/tests",
+        "/app/target",
+    ];
+    let found: Vec<&str> = compilers
+        .iter()
+        .chain(&tools)
+        .copied()
+        .filter(|path| present(path))
+        .collect();
+    assert!(found.is_empty(), "the runtime image holds {found:?}");
+    for dir in ["/usr/bin", "/usr/local/bin", "/opt/pyexec/sandbox/bin"] {
+        let names = file_names(&root.join(dir.trim_start_matches('/')));
+        let tools: Vec<&String> = names
+            .iter()
+            .filter(|name| {
+                name.starts_with("gcc")
+                    || name.starts_with("clang")
+                    || name.contains("-linux-gnu-")
+                    || ["pytest", "py.test", "schemathesis", "hadolint"].contains(&name.as_str())
+            })
+            .collect();
+        assert!(tools.is_empty(), "{dir} holds {tools:?}");
+    }
+    let app: BTreeSet<String> = file_names(&root.join("app"));
+    assert_eq!(
+        app,
+        ["config", "nsjail", "scripts"].map(str::to_owned).into(),
+        "/app holds only what the service reads"
+    );
+}
+
+/// The build secret: mounted at /run/secrets/ca during two steps, never left behind, and no
+/// certificate this host adds to Debian's own anywhere an image keeps CAs or files.
+fn check_no_build_secret(root: &Path) {
+    let secrets = file_names(&root.join("run/secrets"));
+    assert!(secrets.is_empty(), "/run/secrets holds {secrets:?}");
+    if let Ok(bundle) = std::fs::read(HOST_CA_BUNDLE) {
+        let host_only = host_only_certificates(&bundle);
+        let mut leaks = Vec::new();
+        for dir in [
+            "etc",
+            "usr/local",
+            "usr/share/ca-certificates",
+            "usr/lib/ssl",
+            "opt",
+            "root",
+            "app",
+            "run",
+            "tmp",
+            "var",
+        ] {
+            find_leaks(&root.join(dir), &bundle, &host_only, &mut leaks);
+        }
+        assert!(
+            leaks.is_empty(),
+            "the host's CA certificates are in {leaks:?}"
+        );
+    }
+}
+
+/// The image's file system, mounted read-only on the host while the value lives.
+struct MountedImage {
+    path: PathBuf,
+}
+
+impl MountedImage {
+    fn mount() -> Self {
+        let path = podman_ok(&["image", "mount", IMAGE]).trim().to_owned();
+        Self { path: path.into() }
+    }
+}
+
+impl Drop for MountedImage {
+    fn drop(&mut self) {
+        let _ = podman(&["image", "unmount", IMAGE]);
+    }
+}
+
+/// The names in a directory (none when it is missing).
+fn file_names(dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// The first base64 line of each certificate in the host's bundle that Debian's own CA set
+/// (`/usr/share/ca-certificates`) lacks: the CAs this machine adds, e.g. the one that
+/// re-signs downloads. Empty on a host that adds none.
+fn host_only_certificates(bundle: &[u8]) -> Vec<String> {
+    let mut debian = BTreeSet::new();
+    let mut stack = vec![PathBuf::from("/usr/share/ca-certificates")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(text) = std::fs::read_to_string(&path) {
+                debian.extend(first_lines(&text));
+            }
+        }
+    }
+    first_lines(&String::from_utf8_lossy(bundle))
+        .into_iter()
+        .filter(|line| !debian.contains(line))
+        .collect()
+}
+
+/// The first base64 line of every PEM certificate in `text`.
+fn first_lines(text: &str) -> Vec<String> {
+    let mut lines = text.lines();
+    let mut found = Vec::new();
+    while let Some(line) = lines.next() {
+        if line.trim() == "-----BEGIN CERTIFICATE-----"
+            && let Some(first) = lines.next()
+        {
+            found.push(first.trim().to_owned());
+        }
+    }
+    found
+}
+
+/// Files under `dir` (never following links) that are the host's bundle or contain one of
+/// its host-only certificates.
+fn find_leaks(dir: &Path, bundle: &[u8], host_only: &[String], leaks: &mut Vec<PathBuf>) {
+    let mut stack = vec![dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let Ok(meta) = entry.path().symlink_metadata() else {
+                continue;
+            };
+            if meta.is_dir() {
+                stack.push(entry.path());
+                continue;
+            }
+            // Certificate stores are text; big files are libraries and data.
+            if !meta.is_file() || meta.len() > 4 << 20 {
+                continue;
+            }
+            let Ok(data) = std::fs::read(entry.path()) else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(&data);
+            if data == bundle || host_only.iter().any(|line| text.contains(line.as_str())) {
+                leaks.push(entry.path());
+            }
+        }
+    }
+}
+
+/// A container of the test's, removed (killed first if need be) when dropped, so a failed
+/// assertion never leaves one running.
+struct Container {
+    name: String,
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = podman(&["rm", "--force", "--time", "0", &self.name]);
+    }
+}
+
+impl Container {
+    /// Every JSON line the service logged so far.
+    fn events(&self) -> Vec<Value> {
+        let output = podman(&["logs", &self.name]);
+        [output.stdout, output.stderr]
+            .iter()
+            .flat_map(|bytes| {
+                String::from_utf8_lossy(bytes)
+                    .into_owned()
+                    .lines()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .filter_map(|line| serde_json::from_str(&line).ok())
+            .collect()
+    }
+
+    /// The end of the service's log, without the access log's lines: for failure messages.
+    fn logs(&self) -> String {
+        let output = podman(&["logs", &self.name]);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|line| !line.contains(r#""message":"request""#))
+            .collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    fn running(&self) -> bool {
+        podman_ok(&["inspect", "--format", "{{.State.Running}}", &self.name]).trim() == "true"
+    }
+
+    /// The service's pid as processes in the container see it: tini is the container's
+    /// process 1, the service its one child.
+    fn service_pid(&self) -> u32 {
+        let init: u32 = podman_ok(&["inspect", "--format", "{{.State.Pid}}", &self.name])
+            .trim()
+            .parse()
+            .unwrap();
+        let children =
+            std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")).unwrap();
+        let service = children
+            .split_whitespace()
+            .next()
+            .expect("tini runs the service");
+        let status = std::fs::read_to_string(format!("/proc/{service}/status")).unwrap();
+        let nspid = status
+            .lines()
+            .find_map(|line| line.strip_prefix("NSpid:"))
+            .unwrap();
+        nspid.split_whitespace().last().unwrap().parse().unwrap()
+    }
+}
+
+/// What one mode came to, for the report.
+async fn run_mode(privileged: bool) -> Value {
+    let port = free_port();
+    let name = format!(
+        "pyexec-image-test-{}-{}",
+        std::process::id(),
+        if privileged {
+            "privileged"
+        } else {
+            "unprivileged"
+        }
+    );
+    let _ = podman(&["rm", "--force", "--time", "0", &name]);
+    let mut args: Vec<String> = ["run", "--detach", "--name", &name, "--runtime", "runc"]
+        .map(str::to_owned)
+        .into();
+    args.extend(ULIMITS.map(str::to_owned));
+    if privileged {
+        args.push("--privileged".into());
+    }
+    args.extend(
+        [
+            // The service shares the host's network, on a free port of loopback only.
+            "--network",
+            "host",
+            "--env",
+            &format!("PORT={port}"),
+            "--env",
+            "PYEXEC_HOST=127.0.0.1",
+            // Two executions at once (the concurrent cases), whatever the host's CPU count.
+            "--env",
+            "PYEXEC_MAX_CONCURRENCY=2",
+            // The test polls /health itself; podman's own check needs systemd timers.
+            "--no-healthcheck",
+            // Rootful podman without a user namespace shares the host's uids, and a privileged
+            // container on cgroup v1 the host's cgroup tree: the container's service takes its
+            // block of uids (and the cgroup subtree named after it) under the same flock in
+            // /run/pyexec as every instance on the host, so it never takes a block a service
+            // on the host holds (nor the other way round). A private /run/pyexec would let both
+            // take the first block and sweep each other's processes and cgroups.
+            "--volume",
+            "/run/pyexec:/run/pyexec",
+            IMAGE,
+        ]
+        .map(str::to_owned),
+    );
+    std::fs::create_dir_all("/run/pyexec").unwrap();
+    let launched = Instant::now();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    podman_ok(&args);
+    let container = Container { name };
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+
+    let health = wait_healthy(&client, &base, &container).await;
+    let start_to_healthy_ms = launched.elapsed().as_millis();
+    let expected = if privileged { "strict" } else { "cloudrun" };
+    assert_eq!(health["profile"], expected, "{health}");
+    let limits = health["isolation"]["limits"].as_str().unwrap().to_owned();
+    if privileged {
+        assert_ne!(
+            limits, "rlimits",
+            "writable cgroups when privileged: {health}"
+        );
+    }
+
+    let ready = container
+        .events()
+        .into_iter()
+        .find(|event| event["message"] == "sandbox ready")
+        .unwrap_or_else(|| panic!("no `sandbox ready` in the log:\n{}", container.logs()));
+    let (first, end) = ready["uids"].as_str().unwrap().split_once("..").unwrap();
+    let uids: std::ops::Range<u32> = first.parse().unwrap()..end.parse().unwrap();
+
+    let warm = api_checks(&client, &base, &container).await;
+    if privileged {
+        assert!(warm, "the warm path runs in the strict profile");
+    }
+    let failures = escape_checks(&client, &base, &container, privileged, port, uids).await;
+    assert!(
+        failures.is_empty(),
+        "{expected} profile in the container:\n{}",
+        failures.join("\n")
+    );
+
+    let stopping = Instant::now();
+    podman_ok(&["stop", "--time", "15", &container.name]);
+    let stop_ms = stopping.elapsed().as_millis();
+    let exit_code = podman_ok(&[
+        "inspect",
+        "--format",
+        "{{.State.ExitCode}}",
+        &container.name,
+    ]);
+    assert_eq!(
+        exit_code.trim(),
+        "0",
+        "a clean exit on `podman stop`:\n{}",
+        container.logs()
+    );
+    json!({
+        "profile": expected,
+        "limits": limits,
+        "start_to_healthy_ms": start_to_healthy_ms,
+        "pandas_path": if warm { "warm" } else { "cold" },
+        "stop_ms": stop_ms,
+        "exit_code": 0,
+    })
+}
+
+/// A loopback port free now (the service binds it a moment later).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `/health` until it answers 200 (at most 60 s); its body.
+async fn wait_healthy(client: &reqwest::Client, base: &str, container: &Container) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(response) = client.get(format!("{base}/health")).send().await
+            && response.status() == 200
+        {
+            return response.json().await.unwrap();
+        }
+        assert!(
+            Instant::now() < deadline && container.running(),
+            "never healthy:\n{}",
+            container.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// POSTs a script; the status and the body.
+async fn execute(client: &reqwest::Client, base: &str, script: &str) -> (u16, Value) {
+    let response = client
+        .post(format!("{base}/execute"))
+        .json(&json!({ "script": script }))
+        .send()
+        .await
+        .unwrap();
+    common::read(response).await
+}
+
+/// A plain script, a pandas script, a failing one and one that does not compile, each
+/// answered exactly as README.md shows; whether the pandas script ran on the warm path.
+async fn api_checks(client: &reqwest::Client, base: &str, container: &Container) -> bool {
+    let without_duration = |mut body: Value| {
+        body.as_object_mut().unwrap().remove("duration_ms");
+        body
+    };
+    let (status, body) = execute(
+        client,
+        base,
+        "def main():\n    print(\"Hello, World!\")\n    return {\"message\": \"Hello from main\"}",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        without_duration(body),
+        json!({"result": {"message": "Hello from main"}, "stdout": "Hello, World!\n",
+               "stderr": "", "stdout_truncated": false, "stderr_truncated": false})
+    );
+
+    let request_id = format!("image-test-pandas-{}", std::process::id());
+    let response = client
+        .post(format!("{base}/execute"))
+        .header("x-request-id", &request_id)
+        .json(&json!({ "script": "import numpy as np\nimport pandas as pd\n\ndef main():\n    df = pd.DataFrame({\"x\": np.arange(5), \"y\": np.arange(5) ** 2})\n    print(df.describe().loc[\"mean\"].to_dict())\n    return {\"rows\": len(df), \"y_sum\": int(df[\"y\"].sum())}\n" }))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = common::read(response).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        without_duration(body),
+        json!({"result": {"rows": 5, "y_sum": 30}, "stdout": "{'x': 2.0, 'y': 6.0}\n",
+               "stderr": "", "stdout_truncated": false, "stderr_truncated": false})
+    );
+
+    let (status, body) = execute(client, base, "def main():\n    return 1 / 0").await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(common::error_code(&body), "script_exception", "{body}");
+    assert_eq!(body["phase"], "main", "{body}");
+    assert_eq!(body["exception"]["type"], "ZeroDivisionError", "{body}");
+
+    let (status, body) = execute(client, base, "def main(:\n    pass").await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(common::error_code(&body), "syntax_error", "{body}");
+
+    // The access log says which path ran the script.
+    let logged = container
+        .events()
+        .into_iter()
+        .find(|event| event["request_id"] == request_id.as_str() && event["message"] == "request")
+        .unwrap_or_else(|| panic!("no access log line for {request_id}"));
+    logged["path"] == "warm"
+}
+
+/// The chosen escape cases against the container; what went wrong, case by case. The
+/// container shares the host's uids, so the host's /proc shows whether anything of an
+/// execution outlived it.
+async fn escape_checks(
+    client: &reqwest::Client,
+    base: &str,
+    container: &Container,
+    strict: bool,
+    port: u16,
+    uids: std::ops::Range<u32>,
+) -> Vec<String> {
+    let all = cases();
+    let known: BTreeSet<&str> = all.iter().map(|case| case.name).collect();
+    for name in ESCAPE_CASES {
+        assert!(known.contains(name), "no escape case named {name}");
+    }
+    let values = Placeholders {
+        service_pid: container.service_pid(),
+        service_port: port,
+        nonce: uids.start,
+        unix_socket: format!("pyexec-image-{}.sock", uids.start),
+    };
+    // The host network is shared, and with it the abstract Unix socket namespace: a host
+    // socket a script must not reach (the on-disk one of the suite would be in the host's
+    // /tmp, which the container does not see).
+    let address = UnixSocketAddr::from_abstract_name(values.unix_socket.as_bytes()).unwrap();
+    let _listener = UnixListener::bind_addr(&address).unwrap();
+
+    let mut failures = Vec::new();
+    for case in all.iter().filter(|case| ESCAPE_CASES.contains(&case.name)) {
+        let expect = if strict { case.strict } else { case.cloudrun };
+        if let Some(problem) = run_case(client, base, case, expect, &values, &uids).await {
+            failures.push(format!("{}: {problem}", case.name));
+        }
+        let (status, body) = execute(client, base, "def main():\n    return 'still fine'\n").await;
+        if status != 200 || body["result"] != "still fine" {
+            failures.push(format!("{}: the service broke: {status} {body}", case.name));
+        }
+        let left = common::processes_left(uids.clone()).await;
+        if !left.is_empty() {
+            failures.push(format!(
+                "{}: processes outlived the execution: {left:?}",
+                case.name
+            ));
+        }
+    }
+    failures
+}
+
+/// One case, with its `before` and `during` executions; the mismatch, if any.
+async fn run_case(
+    client: &reqwest::Client,
+    base: &str,
+    case: &Case,
+    expect: Expect,
+    values: &Placeholders,
+    uids: &std::ops::Range<u32>,
+) -> Option<String> {
+    let before = match case.before {
+        Some(script) => {
+            let (status, body) =
+                execute(client, base, &escape_cases::fill(script, values, "")).await;
+            if status != 200 {
+                return Some(format!("the first execution failed: {body}"));
+            }
+            body["result"].as_str().unwrap().to_owned()
+        }
+        None => String::new(),
+    };
+    let neighbour = case.during.as_ref().map(|neighbour| {
+        let request = client
+            .post(format!("{base}/execute"))
+            .json(&json!({ "script": escape_cases::fill(neighbour.script, values, "") }));
+        tokio::spawn(async move { common::read(request.send().await.unwrap()).await })
+    });
+    if neighbour.is_some() {
+        // The neighbour runs first, so the attack meets it running.
+        let running = common::wait_until(|| {
+            uids.clone()
+                .any(|uid| !common::processes_of(uid).is_empty())
+        })
+        .await;
+        assert!(running, "{}: the neighbour never ran", case.name);
+    }
+    let (status, body) = execute(
+        client,
+        base,
+        &escape_cases::fill(case.script, values, &before),
+    )
+    .await;
+    let problem = mismatch(expect, status, &body);
+    let harm = match (neighbour, &case.during) {
+        (Some(neighbour), Some(spec)) => {
+            let (status, body) = neighbour.await.unwrap();
+            mismatch(Returns(spec.returns), status, &body)
+                .map(|harm| format!("the concurrent execution was harmed: {harm}"))
+        }
+        _ => None,
+    };
+    match (problem, harm) {
+        (Some(problem), Some(harm)) => Some(format!("{problem}; {harm}")),
+        (problem, harm) => problem.or(harm),
+    }
+}
