@@ -12,7 +12,7 @@ use crate::config::LogFormat;
 
 /// Installs the global subscriber: `RUST_LOG` filters (default `info`). Text is coloured only
 /// on a terminal, so a log file or collector gets plain lines; JSON is one Cloud Logging entry
-/// a line ([`cloud_logging`]).
+/// a line (see `cloud_logging.rs`).
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()

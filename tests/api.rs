@@ -171,7 +171,26 @@ async fn info_lists_the_endpoints() {
         .iter()
         .map(|e| e["path"].as_str().unwrap())
         .collect();
-    assert_eq!(paths, ["/execute", "/health", "/", "/openapi.json"]);
+    assert_eq!(
+        paths,
+        ["/execute", "/health", "/", "/metrics", "/openapi.json"]
+    );
+    // Every operation the contract documents, and no other.
+    let (_, _, document) = oneshot(
+        &router,
+        Request::get("/openapi.json").body(Body::empty()).unwrap(),
+    )
+    .await;
+    let mut documented: Vec<&str> = document["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let mut listed = paths.clone();
+    documented.sort_unstable();
+    listed.sort_unstable();
+    assert_eq!(listed, documented);
     assert_eq!(body["limits"]["script_bytes"], 102_400);
 }
 

@@ -15,7 +15,10 @@ async fn the_service_conforms_to_its_openapi_document_under_fuzzing() {
     let (status, document) = app.get("/openapi.json").await;
     assert_eq!(status, 200);
     let paths: Vec<&String> = document["paths"].as_object().unwrap().keys().collect();
-    assert_eq!(paths, ["/", "/execute", "/health", "/openapi.json"]);
+    assert_eq!(
+        paths,
+        ["/", "/execute", "/health", "/metrics", "/openapi.json"]
+    );
 
     let url = app.url("/openapi.json");
     let scratch = tempfile::tempdir().unwrap();

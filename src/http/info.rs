@@ -64,6 +64,7 @@ pub(super) async fn info(
     Ok(response)
 }
 
+/// The description both representations show: the page renders exactly what JSON clients get.
 fn describe(state: &AppState) -> InfoResponse {
     let installed = state.sandbox.installed();
     InfoResponse {
@@ -74,8 +75,10 @@ fn describe(state: &AppState) -> InfoResponse {
             Endpoint {
                 method: "POST",
                 path: "/execute",
-                description: "Body {\"script\": \"def main(): ...\"} (Content-Type: application/json); \
-                              answers {\"result\": <main()'s return value>, \"stdout\": \"...\"}.",
+                description: "Body {\"script\": \"def main(): ...\"} (Content-Type: application/json), \
+                              optionally with \"input\" for main(input), \"files\" to place, \
+                              \"return_files\", \"limits\" and \"strict_result\"; answers \
+                              {\"result\": <main()'s return value>, \"stdout\": \"...\"}.",
             },
             Endpoint {
                 method: "GET",
@@ -88,6 +91,12 @@ fn describe(state: &AppState) -> InfoResponse {
                 path: "/",
                 description: "This description, with the sandbox's Python and packages: JSON, or a page \
                               to run scripts in when the client prefers text/html (a browser).",
+            },
+            Endpoint {
+                method: "GET",
+                path: "/metrics",
+                description: "Executions, latencies, queue and warm-path metrics in the OpenMetrics \
+                              text format Prometheus scrapes.",
             },
             Endpoint {
                 method: "GET",

@@ -232,7 +232,6 @@ impl Sandbox {
         Ok(sandbox.finish_start().await)
     }
 
-    /// Logs how the sandbox came up.
     /// Starts the warm path where it is on and the sandbox works, and logs how it came up.
     async fn finish_start(mut self) -> Self {
         let health = self

@@ -239,10 +239,13 @@ def main():
         case(
             "write_outside_tmp",
             r#"
-import os
+import os, tempfile
 def main():
     wrote = []
-    for d in ["/", "/usr", "/etc", "/opt/pyexec/sandbox", "/proc", os.getcwd()]:
+    # The last two hold the harness and the job: /sandbox in a namespaced jail, the
+    # execution's directory on the host without one (the working directory is writable).
+    harness_dirs = ["/sandbox", os.path.dirname(tempfile.gettempdir())]
+    for d in ["/", "/usr", "/etc", "/opt/pyexec/sandbox", "/proc"] + harness_dirs:
         try:
             with open(os.path.join(d, "pyexec-escape-test"), "w") as f:
                 f.write("x")
@@ -292,7 +295,7 @@ def main():
             ..case(
                 "tmp_visible_to_a_concurrent_execution",
                 r#"
-import os, time
+import os, stat, time
 def main():
     time.sleep(0.5)
     wanted, seen = ("SEC" + "RET-" + "{NONCE}").encode(), 0
@@ -304,8 +307,10 @@ def main():
                     return "gave up"
                 path = os.path.join(dirpath, name)
                 try:
-                    # The secret is small; the host's big files would only eat the time limit.
-                    if os.lstat(path).st_size > 4096:
+                    # The secret is a small regular file; the host's big files would only eat
+                    # the time limit, and a FIFO someone holds open has nothing to read.
+                    st = os.lstat(path)
+                    if not stat.S_ISREG(st.st_mode) or st.st_size > 4096:
                         continue
                     with open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NONBLOCK)) as f:
                         if wanted in f.read(4096):
