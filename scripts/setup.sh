@@ -35,7 +35,7 @@ packages=(python3 python3-venv ca-certificates)
 if $runtime_only; then
   packages+=(tini) # the container's init: reaps orphans, forwards SIGTERM
 else
-  packages+=(gcc libc6-dev make curl)
+  packages+=(gcc libc6-dev make curl jq) # jq: examples/README.md's commands
   # The image test builds and runs the Dockerfile with podman (runc: crun cannot handle hybrid
   # cgroups), on base images it makes with debootstrap; the browser test drives Chromium.
   packages+=(podman runc debootstrap uidmap chromium chromium-driver shellcheck)

@@ -177,15 +177,37 @@ async fn the_page_embeds_every_example() {
 }
 
 /// The time-limit example takes the whole default limit (30 s): they all run at once, so the
-/// test takes about that long.
+/// test takes about that long. jq and curl are installed by `scripts/setup.sh`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_example_answers_what_it_expects_and_what_the_readme_shows() {
     let app = common::spawn_app_with(|config| config.sandbox.max_concurrency = 4).await;
     let examples = examples();
     let answers = readme_answers(&examples);
+    // Each example's own command from examples/README.md, run as a reader would (jq and curl,
+    // from the repository's root), against this service.
     let runs: Vec<_> = examples
         .iter()
-        .map(|example| app.spawn_execute(&example.script))
+        .map(|example| {
+            let command = format!(
+                "{} -w '\\n%{{http_code}}'",
+                command_for(&example.name).replace("localhost:8080", &app.addr.to_string())
+            );
+            tokio::task::spawn_blocking(move || {
+                let output = std::process::Command::new("bash")
+                    .arg("-c")
+                    .arg(&command)
+                    .current_dir(env!("CARGO_MANIFEST_DIR"))
+                    .output()
+                    .unwrap();
+                let text = String::from_utf8(output.stdout.clone()).unwrap();
+                let (body, status) = text
+                    .rsplit_once('\n')
+                    .unwrap_or_else(|| panic!("{command}: {text:?} {output:?}"));
+                let body: Value = serde_json::from_str(body)
+                    .unwrap_or_else(|error| panic!("{command}: {error}: {body:?}"));
+                (status.parse::<u16>().unwrap(), body)
+            })
+        })
         .collect();
     let mut wrong = Vec::new();
     for (example, run) in examples.iter().zip(runs) {
