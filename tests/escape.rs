@@ -232,3 +232,58 @@ fn security_md_states_every_case_with_its_outcomes() {
         missing.join("\n")
     );
 }
+
+/// Every proof SECURITY.md's guarantee table names exists: an escape case, or a test function
+/// in the file it names (`tests/data.rs` `name`, `src/harness/test_harness.py`
+/// `Class.test_name`), so no claim points at a test that is gone.
+#[test]
+fn security_md_names_only_proofs_that_exist() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let security = std::fs::read_to_string(format!("{root}/SECURITY.md")).unwrap();
+    let cases: BTreeSet<&str> = cases().iter().map(|case| case.name).collect();
+    let table = security
+        .lines()
+        .skip_while(|line| !line.starts_with("| guarantee |"))
+        .skip(2)
+        .take_while(|line| line.starts_with('|'));
+    let mut checked = 0;
+    let mut missing = Vec::new();
+    for row in table {
+        let proofs = row.trim_end_matches('|').rsplit('|').next().unwrap();
+        // Names are in backticks; a file name in backticks applies to the names after it.
+        let mut file: Option<String> = None;
+        for (index, name) in proofs.split('`').enumerate() {
+            if index % 2 == 0 {
+                if name.contains(';') {
+                    file = None;
+                }
+                continue;
+            }
+            if name.ends_with(".rs") || name.ends_with(".py") {
+                file = Some(name.to_owned());
+                continue;
+            }
+            checked += 1;
+            let found = match &file {
+                None => cases.contains(name),
+                Some(file) => {
+                    let text = std::fs::read_to_string(format!("{root}/{file}")).unwrap();
+                    let function = name.rsplit('.').next().unwrap();
+                    text.contains(&format!("fn {function}("))
+                        || text.contains(&format!("def {function}("))
+                }
+            };
+            if !found {
+                missing.push(format!(
+                    "{} {name}",
+                    file.as_deref().unwrap_or("escape case")
+                ));
+            }
+        }
+    }
+    assert!(checked > 30, "read {checked} proofs");
+    assert!(
+        missing.is_empty(),
+        "SECURITY.md names proofs that do not exist: {missing:?}"
+    );
+}

@@ -34,6 +34,8 @@ use serde_json::{Value, json};
 
 /// The image the test builds (and leaves, so the next build reuses its layers).
 const IMAGE: &str = "localhost/pyexec:test";
+/// Its build stage, tagged so that its layers stay cached too.
+const BUILD_STAGE_IMAGE: &str = "localhost/pyexec:test-build-stage";
 /// The label the stand-ins carry, and every image built on them inherits.
 const STAND_IN_LABEL: &str = "io.pyexec.stand-in.recipe";
 /// Podman's default ulimits exceed what this host allows; these it does.
@@ -184,44 +186,57 @@ fn stand_ins() -> Vec<String> {
     args
 }
 
-/// Builds the repository's Dockerfile as `IMAGE`; the build's output goes to
-/// `target/image-build.log`, whose end a failure shows.
+/// Builds the repository's Dockerfile as `IMAGE` (and tags its build stage); the build's
+/// output goes to `target/image-build.log`, whose end a failure shows.
 fn build(build_args: &[String]) {
     let root = env!("CARGO_MANIFEST_DIR");
     let log_path = Path::new(root).join("target/image-build.log");
     std::fs::create_dir_all(log_path.parent().unwrap()).unwrap();
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut command = Command::new("podman");
-    command
-        .args([
-            "build",
-            "--isolation=chroot",
-            "--pull=never",
-            "--format",
-            "docker",
-        ])
-        .args(ULIMITS)
-        .args(["--tag", IMAGE, "--file", "Dockerfile"]);
-    for arg in build_args {
-        command.args(["--build-arg", arg]);
-    }
     // Downloads in the build are re-signed on these machines: the host's bundle, alone in a
     // directory of its own, is mounted on the bases' empty /mnt for the build's RUN steps
     // (as the Dockerfile says), so it is in no layer.
     let ca_dir = Path::new(root).join("target/image-build-ca");
+    let mut volume = Vec::new();
     if Path::new(HOST_CA_BUNDLE).exists() {
         std::fs::create_dir_all(&ca_dir).unwrap();
         std::fs::copy(HOST_CA_BUNDLE, ca_dir.join("ca.pem")).unwrap();
-        command.args(["--volume", &format!("{}:/mnt:ro", ca_dir.display())]);
+        volume = vec![
+            "--volume".to_owned(),
+            format!("{}:/mnt:ro", ca_dir.display()),
+        ];
     }
-    let status = command
-        .arg(root)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .status()
-        .unwrap();
-    if !status.success() {
+    let podman_build = |extra: &[&str]| {
+        let mut command = Command::new("podman");
+        command
+            .args([
+                "build",
+                "--isolation=chroot",
+                "--pull=never",
+                "--format",
+                "docker",
+            ])
+            .args(ULIMITS)
+            .args(&volume)
+            .args(extra)
+            .args(["--file", "Dockerfile"]);
+        for arg in build_args {
+            command.args(["--build-arg", arg]);
+        }
+        command
+            .arg(root)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log.try_clone().unwrap())
+            .status()
+            .unwrap()
+            .success()
+    };
+    // The build stage gets a tag too (every step is cached by then): untagged, its last image
+    // would be pruned below, and its parents with it, the dependencies' layer among them.
+    let built = podman_build(&["--tag", IMAGE])
+        && podman_build(&["--target", "build", "--tag", BUILD_STAGE_IMAGE]);
+    if !built {
         let text = std::fs::read_to_string(&log_path).unwrap_or_default();
         let tail: Vec<&str> = text.lines().rev().take(40).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
@@ -231,8 +246,9 @@ fn build(build_args: &[String]) {
             tail.join("\n")
         );
     }
-    // Each build leaves the image it replaces and the last build stage untagged; those made
-    // on the stand-ins are this test's alone (they carry the stand-ins' label), so they go.
+    // What earlier builds left untagged (the images these replaced, with the layers only they
+    // used) would pile up with every change; those made on the stand-ins are this test's
+    // alone (they carry the stand-ins' label), so they go.
     let _ = podman(&[
         "image",
         "prune",

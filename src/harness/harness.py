@@ -34,6 +34,7 @@ binary (include_str!) so harness and service can never drift apart.
 
 import errno
 import faulthandler
+import itertools
 import json
 import linecache
 import math
@@ -506,10 +507,11 @@ class ResultEncoder:
             form, column = self.column(values, path, key)
             formats.append(encode_basestring(key).replace("%", "%%") + ":" + form)
             columns.append(column)
-        template = "{" + ",".join(formats) + "}"
-        if not columns:
-            return "[" + ",".join(["{}"] * len(frame)) + "]"
-        return "[" + ",".join(map(template.__mod__, zip(*columns))) + "]"
+        row = "{" + ",".join(formats) + "}"
+        # One % over the whole list rather than one per row: the per-call overhead was a third
+        # of the time.
+        values = tuple(itertools.chain.from_iterable(zip(*columns)))
+        return ("[" + ",".join([row] * len(frame)) + "]") % values
 
     def column(self, values, path, key):
         """One column as (format, values) for the row template."""
@@ -525,8 +527,9 @@ class ResultEncoder:
             seconds = values / np.timedelta64(1, "s")
             return "%r", self.column_nulls(seconds.tolist(), np.isnat(values), path, key, NULL)
         if kind == "M":
-            texts = list(map(encode_basestring, self.datetime_strings(values).tolist()))
-            return "%s", self.column_nulls(texts, np.isnat(values), path, key, "null")
+            # ISO 8601 needs no escaping: quoted by numpy, a string op per column.
+            quoted = np.strings.add(np.strings.add('"', self.datetime_strings(values)), '"')
+            return "%s", self.column_nulls(quoted.tolist(), np.isnat(values), path, key, "null")
         if kind == "U":
             return "%s", list(map(encode_basestring, values.tolist()))
         items = values.tolist()
@@ -733,8 +736,9 @@ def dumps(value):
     return json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
 
 
-def encode_basestring(text):
-    return json.encoder.encode_basestring(text)
+# A str as a JSON string literal, quotes included: json's own C function (called per value
+# of a text column, so no Python wrapper).
+encode_basestring = json.encoder.encode_basestring
 
 
 CO_COROUTINE = 0x80

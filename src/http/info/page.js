@@ -96,12 +96,190 @@
       (bytes > limit ? ': too large to run' : '');
   }
   script.addEventListener('input', showSize);
-  script.addEventListener('keydown', (event) => {
+  const runOnCtrlEnter = (event) => {
     if (event.key === 'Enter' && (event.ctrlKey || event.metaKey)) {
       event.preventDefault();
       form.requestSubmit();
     }
+  };
+  script.addEventListener('keydown', runOnCtrlEnter);
+
+  // The request's other fields: an input for main(input), files, return_files, limits,
+  // strict_result. Each is checked here, before anything is sent, against what the service
+  // takes (its limits are in `info`); the service checks again.
+  const input = byId('input');
+  const picker = byId('files');
+  const clearFiles = byId('files-clear');
+  const returnFiles = byId('return-files');
+  const strict = byId('strict-result');
+  const runLimits = byId('run-limits');
+  input.addEventListener('keydown', runOnCtrlEnter);
+
+  /** Shows `message` under a field (or clears it), marking the fields it is about. */
+  function fieldError(box, fields, message) {
+    box.textContent = message || '';
+    box.hidden = !message;
+    for (const field of fields) {
+      if (message) field.setAttribute('aria-invalid', 'true');
+      else field.removeAttribute('aria-invalid');
+    }
+  }
+  const inputError = byId('input-error');
+  input.addEventListener('input', () => fieldError(inputError, [input], ''));
+
+  /** `{text}`: the input as JSON text (null when the field is empty), or `{problem}`. */
+  function inputJson() {
+    const text = input.value.trim();
+    if (!text) return { text: null };
+    try {
+      JSON.parse(text);
+    } catch (error) {
+      return { problem: `The input is not JSON (${error.message}). `
+        + 'Leave it empty to call main() without one.' };
+    }
+    // Sent as written rather than re-encoded, so big integers keep every digit.
+    return { text };
+  }
+
+  const { input_files: maxFiles, input_bytes: maxFileBytes } = info.limits;
+  const bytes = (count) => `${count.toLocaleString('en')} byte${count === 1 ? '' : 's'}`;
+  /** Why the chosen files cannot be sent, or ''. */
+  function filesProblem(files) {
+    const total = files.reduce((sum, file) => sum + file.size, 0);
+    if (files.length > maxFiles) {
+      return `${files.length} files: the service takes at most ${maxFiles} (limits.input_files).`;
+    }
+    if (total > maxFileBytes) {
+      return `${bytes(total)} in all: the service takes at most ${size(maxFileBytes)} `
+        + '(limits.input_bytes).';
+    }
+    return '';
+  }
+  function showFiles() {
+    const files = Array.from(picker.files);
+    const summary = byId('files-summary');
+    clearFiles.disabled = !files.length;
+    const problem = filesProblem(files);
+    if (problem) picker.setAttribute('aria-invalid', 'true');
+    else picker.removeAttribute('aria-invalid');
+    summary.className = problem ? 'field-error' : 'muted';
+    if (!files.length) {
+      summary.textContent = 'No files chosen.';
+      return;
+    }
+    const total = files.reduce((sum, file) => sum + file.size, 0);
+    summary.replaceChildren(
+      `${files.length} file${files.length === 1 ? '' : 's'}, ${bytes(total)} in all: `,
+      ...files.flatMap((file, index) => [index ? ', ' : '',
+        el('code', { 'data-chosen': file.name }, file.name), ` (${bytes(file.size)})`]),
+      problem ? `. Not sent: ${problem}` : '');
+  }
+  picker.addEventListener('change', showFiles);
+  clearFiles.addEventListener('click', () => {
+    picker.value = '';
+    showFiles();
+    picker.focus();
   });
+  showFiles();
+
+  /** Bytes as base64, by the browser's own encoder where it has one. */
+  function toBase64(data) {
+    if (typeof data.toBase64 === 'function') return data.toBase64();
+    let binary = '';
+    for (let at = 0; at < data.length; at += 0x8000) {
+      binary += String.fromCharCode.apply(null, data.subarray(at, at + 0x8000));
+    }
+    return btoa(binary);
+  }
+  function fromBase64(text) {
+    if (typeof Uint8Array.fromBase64 === 'function') return Uint8Array.fromBase64(text);
+    return Uint8Array.from(atob(text), (c) => c.charCodeAt(0));
+  }
+
+  // Limits for one run: what the service allows (README: time from 1 ms, memory from 64 MiB,
+  // output from 0 bytes), in the unit each field takes.
+  const MiB = 2 ** 20;
+  const LIMIT_FIELDS = [
+    { id: 'limit-time', name: 'time_ms', what: 'The wall time', unit: 1,
+      min: 1, max: info.limits.time_limit_ms },
+    { id: 'limit-memory', name: 'memory_bytes', what: 'The memory', unit: MiB,
+      min: Math.ceil(Math.min(64 * MiB, info.limits.memory_bytes) / MiB),
+      max: Math.floor(info.limits.memory_bytes / MiB) },
+    { id: 'limit-output', name: 'output_bytes', what: 'The output', unit: 1,
+      min: 0, max: info.limits.output_bytes },
+  ];
+  const limitsError = byId('limits-error');
+  for (const limit of LIMIT_FIELDS) {
+    limit.field = byId(limit.id);
+    limit.field.placeholder = `${limit.max}`;
+    byId(`${limit.id}-range`).textContent =
+      `${limit.min.toLocaleString('en')} to ${limit.max.toLocaleString('en')}`;
+    limit.field.addEventListener('input', () => fieldError(limitsError,
+      LIMIT_FIELDS.map((other) => other.field), ''));
+  }
+  /** `{limits}`: those given, as the request's `limits` (null when none), or `{field, problem}`. */
+  function requestLimits() {
+    const limits = {};
+    for (const limit of LIMIT_FIELDS) {
+      const text = limit.field.value.trim();
+      if (!text) continue;
+      const value = /^[0-9]+$/.test(text) ? Number(text) : NaN;
+      if (!(value >= limit.min && value <= limit.max)) {
+        return { field: limit.field, problem: `${limit.what} must be a whole number from `
+          + `${limit.min.toLocaleString('en')} to ${limit.max.toLocaleString('en')}.` };
+      }
+      limits[limit.name] = value * limit.unit;
+    }
+    return { limits: Object.keys(limits).length ? limits : null };
+  }
+
+  /** `{body}`: the request as JSON text, or `{problem}`, shown by the field it is about (which
+   * gets the focus), when it cannot be sent. Reads the chosen files. */
+  async function requestBody() {
+    const given = inputJson();
+    if (given.problem) {
+      fieldError(inputError, [input], given.problem);
+      input.focus();
+      return given;
+    }
+    const checked = requestLimits();
+    if (checked.problem) {
+      fieldError(limitsError, [checked.field], checked.problem);
+      runLimits.open = true;
+      checked.field.focus();
+      return checked;
+    }
+    const chosen = Array.from(picker.files);
+    const tooMany = filesProblem(chosen);
+    if (tooMany) {
+      showFiles();
+      picker.focus();
+      return { problem: tooMany };
+    }
+    const request = { script: script.value };
+    if (chosen.length) {
+      status.textContent = 'Reading the files…';
+      try {
+        request.files = await Promise.all(chosen.map(async (file) => ({
+          path: file.name,
+          content: toBase64(new Uint8Array(await file.arrayBuffer())),
+          encoding: 'base64',
+        })));
+      } catch (error) {
+        const problem = `A file could not be read (${error.message}): choose it again.`;
+        const summary = byId('files-summary');
+        summary.className = 'field-error';
+        summary.textContent = problem;
+        picker.focus();
+        return { problem };
+      }
+    }
+    if (returnFiles.checked) request.return_files = true;
+    if (checked.limits) request.limits = checked.limits;
+    if (strict.checked) request.strict_result = true;
+    const body = JSON.stringify(request);
+    return { body: given.text === null ? body : `${body.slice(0, -1)},"input":${given.text}}` };
+  }
 
   byId('examples').replaceChildren(...data.examples.map((example) => {
     const described = `example-${example.name}`;
@@ -159,8 +337,145 @@
 
   // Fields every script's answer has; the rest of an error body are its code's details.
   const OUTPUT = ['stdout', 'stderr', 'stdout_truncated', 'stderr_truncated', 'duration_ms'];
+  // Fields of a success shown on their own below the result.
+  const SHOWN = ['result', 'nulls', 'files', 'files_truncated', 'skipped_files', 'limits'];
+
+  const isRaw = (value) => typeof JSON.isRawJSON === 'function' && JSON.isRawJSON(value);
+  const isRecord = (value) => value !== null && typeof value === 'object'
+    && !Array.isArray(value) && !isRaw(value);
+  /** A DataFrame as the service maps it: a non-empty list of row objects. */
+  const isRecords = (value) => Array.isArray(value) && value.length > 0
+    && value.every(isRecord) && value.some((row) => Object.keys(row).length > 0);
+
+  const MAX_ROWS = 200;
+  const MAX_COLUMNS = 50;
+  /** Rows of objects as a table: columns are their keys, in the order first seen. */
+  function recordsTable(rows, path, key) {
+    const columns = [];
+    const seen = new Set();
+    for (const row of rows) {
+      for (const name of Object.keys(row)) {
+        if (!seen.has(name)) {
+          seen.add(name);
+          columns.push(name);
+        }
+      }
+    }
+    const shownColumns = columns.slice(0, MAX_COLUMNS);
+    const cell = (value) => {
+      if (value === undefined) return el('td', { 'data-missing': '' });
+      if (value === null) return el('td', { class: 'muted' }, 'null');
+      if (typeof value === 'string') return el('td', {}, value);
+      if (typeof value === 'number' || isRaw(value)) {
+        return el('td', { class: 'num' }, isRaw(value) ? value.rawJSON : String(value));
+      }
+      return el('td', {}, typeof value === 'object' ? JSON.stringify(value) : String(value));
+    };
+    const table = el('table', { class: 'records', 'data-key': key },
+      el('caption', {}, el('code', {}, path), ` as a table: ${rows.length.toLocaleString('en')} `
+        + `row${rows.length === 1 ? '' : 's'}, ${columns.length} column${columns.length === 1 ? '' : 's'}`),
+      el('thead', {}, el('tr', {}, ...shownColumns.map((name) => el('th', { scope: 'col' }, name)))),
+      el('tbody', {}, ...rows.slice(0, MAX_ROWS).map((row) =>
+        el('tr', {}, ...shownColumns.map((name) => cell(row[name]))))));
+    const nodes = [el('div', { class: 'table-scroll' }, table)];
+    const cut = [];
+    if (rows.length > MAX_ROWS) cut.push(`the first ${MAX_ROWS} rows`);
+    if (columns.length > MAX_COLUMNS) cut.push(`the first ${MAX_COLUMNS} columns`);
+    if (cut.length) {
+      nodes.push(el('p', { class: 'muted', 'data-cut': key },
+        `The table shows ${cut.join(' and ')}; the JSON above has them all.`));
+    }
+    return nodes;
+  }
+  /** Tables for the result when it is a DataFrame, or for each top-level value that is one. */
+  function resultTables(result) {
+    if (isRecords(result)) return recordsTable(result, 'result', '');
+    if (!isRecord(result)) return [];
+    return Object.entries(result).filter(([, value]) => isRecords(value))
+      .flatMap(([key, value]) => recordsTable(value,
+        `result['${key.replaceAll('\\', '\\\\').replaceAll("'", "\\'")}']`, key));
+  }
+
+  // Downloads of returned files: Blob URLs, revoked when the next answer replaces them.
+  let downloads = [];
+  const SKIPPED = {
+    symlink: 'a symbolic link (never followed)',
+    not_a_regular_file: 'not a regular file (a FIFO, socket or device)',
+    changed_while_reading: 'changed while being read',
+    unreadable: 'unreadable',
+    too_deep: 'deeper than 16 directories',
+  };
+  const PREVIEW_CHARS = 100000;
+  /** What came back of the script's files: a table with downloads, what was left out. */
+  function returnedFiles(body) {
+    const nodes = [];
+    const files = Array.isArray(body.files) ? body.files : [];
+    if (Array.isArray(body.files)) {
+      nodes.push(el('h4', {}, `Files (${files.length})`));
+      if (!files.length) nodes.push(el('p', { class: 'muted', id: 'no-files' }, 'No files came back.'));
+    }
+    if (files.length) {
+      const previews = [];
+      const rows = files.map((file) => {
+        const path = String(file.path);
+        let link;
+        try {
+          const content = file.encoding === 'base64' ? fromBase64(String(file.content))
+            : encoder.encode(String(file.content));
+          const url = URL.createObjectURL(new Blob([content], { type: 'application/octet-stream' }));
+          downloads.push(url);
+          link = el('a', { href: url, download: path.split('/').pop(),
+            'aria-label': `Download ${path}` }, 'Download');
+        } catch (error) {
+          link = el('span', { class: 'failed' }, `cannot decode: ${error.message}`);
+        }
+        if (file.encoding !== 'base64') {
+          const text = String(file.content);
+          const cut = text.length > PREVIEW_CHARS ? ` (the first ${PREVIEW_CHARS.toLocaleString('en')} characters)` : '';
+          previews.push(el('details', { 'data-preview': path },
+            el('summary', {}, 'Contents of ', el('code', {}, path), cut),
+            el('pre', {}, text.slice(0, PREVIEW_CHARS))));
+        }
+        return el('tr', { 'data-file': path },
+          el('th', { scope: 'row' }, el('code', {}, path)),
+          el('td', { class: 'num' }, el('data', { value: String(file.size) }, bytes(Number(file.size)))),
+          el('td', {}, String(file.encoding)),
+          el('td', {}, link));
+      });
+      nodes.push(el('div', { class: 'table-scroll' }, el('table', { id: 'returned-files' },
+        el('thead', {}, el('tr', {}, el('th', { scope: 'col' }, 'Path'), el('th', { scope: 'col' }, 'Size'),
+          el('th', { scope: 'col' }, 'Encoding'), el('th', { scope: 'col' }, 'File'))),
+        el('tbody', {}, ...rows))), ...previews);
+    }
+    if (body.files_truncated === true) {
+      nodes.push(el('p', { class: 'failed', id: 'files-truncated' },
+        `Some files were left out: the answer carries at most ${info.limits.output_files} files `
+        + `and ${size(info.limits.output_files_bytes)} in all (limits.output_files, `
+        + 'limits.output_files_bytes).'));
+    }
+    if (Array.isArray(body.skipped_files) && body.skipped_files.length) {
+      nodes.push(el('h4', {}, `Not sent back (${body.skipped_files.length})`),
+        el('ul', { id: 'skipped-files' }, ...body.skipped_files.map((skipped) =>
+          el('li', { 'data-skipped': String(skipped.path) }, el('code', {}, String(skipped.path)),
+            `: ${SKIPPED[skipped.reason] || String(skipped.reason)}`))));
+    }
+    return nodes;
+  }
+
+  /** "N values were NaN/... and came back as null: paths". */
+  function nullsNote(nulls) {
+    const count = Number(nulls.count);
+    const paths = Array.isArray(nulls.paths) ? nulls.paths.map(String) : [];
+    const listed = paths.length < count ? ` (the first ${paths.length})` : '';
+    return el('p', { class: 'note', id: 'nulls' },
+      `${count.toLocaleString('en')} value${count === 1 ? ' was' : 's were'} NaN/NaT/NA/±Infinity `
+      + `and came back as null${paths.length ? `${listed}: ` : '.'}`,
+      ...paths.flatMap((path, index) => [index ? ', ' : '', el('code', {}, path)]));
+  }
 
   function show(response, text) {
+    for (const url of downloads) URL.revokeObjectURL(url);
+    downloads = [];
     const body = parse(text);
     const nodes = [];
     const isObject = body !== null && typeof body === 'object' && !Array.isArray(body);
@@ -172,9 +487,18 @@
       summary += ' OK';
       nodes.push(el('h4', {}, 'Result'), el('pre', { id: 'result' },
         JSON.stringify(body.result, null, 2) ?? 'undefined'));
+      if (isRecord(body.nulls)) nodes.push(nullsNote(body.nulls));
+      const tables = resultTables(body.result);
+      if (tables.length) nodes.push(el('div', { id: 'result-tables' }, ...tables));
+      nodes.push(...returnedFiles(body));
+      if (isRecord(body.limits)) {
+        nodes.push(el('p', { class: 'muted', id: 'applied-limits' }, 'Ran under the limits ',
+          ...Object.entries(body.limits).flatMap(([name, value], index) => [index ? ', ' : '',
+            el('code', {}, name), ` ${inWords(name, value)}`]), '.'));
+      }
       // Whatever else a success carries (fields added after this page was written included).
       const more = Object.fromEntries(Object.entries(body)
-        .filter(([name]) => name !== 'result' && !OUTPUT.includes(name)));
+        .filter(([name]) => !SHOWN.includes(name) && !OUTPUT.includes(name)));
       if (Object.keys(more).length) {
         const list = describe(more);
         list.id = 'answer-details';
@@ -217,6 +541,17 @@
     event.preventDefault();
     if (run.disabled) return;
     run.disabled = true;
+    let request;
+    try {
+      request = await requestBody();
+    } catch (error) {
+      request = { problem: String(error) };
+    }
+    if (request.problem) {
+      run.disabled = false;
+      status.textContent = `Not sent: ${request.problem}`;
+      return;
+    }
     outcome.hidden = false;
     outcome.dataset.state = 'running';
     delete outcome.dataset.code;
@@ -226,7 +561,7 @@
       const response = await fetch('/execute', {
         method: 'POST',
         headers: { 'Content-Type': 'application/json', Accept: 'application/json' },
-        body: JSON.stringify({ script: script.value }),
+        body: request.body,
       });
       outcome.dataset.status = String(response.status);
       summary = show(response, await response.text());

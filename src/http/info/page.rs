@@ -22,8 +22,8 @@ const SCRIPT: &str = include_str!("page.js");
 /// What the page may do. The two hashes are of [`STYLE`] and [`SCRIPT`]; a unit test checks
 /// them (and prints the right ones after an edit of either file).
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; \
-    script-src 'sha256-5ZpOkRBQ+l0f3nsHtdiA3/HCqvGFYr0xnzR5eXkRR2A='; \
-    style-src 'sha256-MMpEAV9b4HiH5RR2NYxd5XstJr/yX7ePNC4gut8Ynsg='; \
+    script-src 'sha256-sLP3PeIgibnrg6eRvxwnJfQ73AcM+nZgDBK1LNCyHoY='; \
+    style-src 'sha256-hqzqcjkQZubgSXsQxWyZz8/vuci8ZdXpFZuv6jgcQ1E='; \
     connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'; \
     require-trusted-types-for 'script'; trusted-types 'none'";
 
