@@ -259,7 +259,8 @@ fn security_md_names_only_proofs_that_exist() {
                 }
                 continue;
             }
-            if name.ends_with(".rs") || name.ends_with(".py") {
+            let extension = std::path::Path::new(name).extension();
+            if extension.is_some_and(|extension| extension == "rs" || extension == "py") {
                 file = Some(name.to_owned());
                 continue;
             }
