@@ -2,8 +2,13 @@
 //! (chromedriver, on a loopback port of its own) loads `/` from the real service, shows what
 //! `GET /` says as JSON (profile, guarantees, limits, Python and packages), runs examples
 //! through its form, with the mouse and with the keyboard, and shows the same answers the API
-//! gives; what a script prints or raises stays text (no markup from it is ever parsed, and the
-//! policy reports no violation). Leaves a screenshot at `target/browser/page.png`.
+//! gives; what a script prints, raises or returns in a `DataFrame` stays text (no markup from it
+//! is ever parsed, and the policy reports no violation). The form's other fields: a JSON input
+//! and uploaded files (a CSV and binary bytes) with `return_files` and a time limit make the
+//! request a direct `POST /execute` would, and the page shows its answer (the `DataFrame` as a
+//! table, the returned file, the nulls); a bad input, limit or file set is refused with a
+//! message and sends nothing; `strict_result` turns the mapping off. Leaves a screenshot of
+//! the `DataFrame`'s answer at `target/browser/page.png`.
 //! Also, at the router: which clients get the page, and its headers.
 #![allow(
     clippy::unwrap_used,
@@ -42,8 +47,38 @@ const INJECTION_RAISED: &str = r#"PAYLOAD = '<img src=x onerror="document.title=
 def main():
     raise ValueError(PAYLOAD)
 "#;
+/// ... and one that returns it in a `DataFrame`, as a cell and as a column's name.
+const INJECTION_TABLE: &str = r#"import pandas as pd
+
+PAYLOAD = '<img src=x onerror="document.title=1"><script>document.title=2</script><b>bold</b>'
+
+
+def main():
+    return pd.DataFrame({"cell": [PAYLOAD], PAYLOAD: [1]})
+"#;
 const PAYLOAD: &str =
     r#"<img src=x onerror="document.title=1"><script>document.title=2</script><b>bold</b>"#;
+
+/// Reads an uploaded CSV with pandas and a binary file, scales by its input, writes a CSV and
+/// returns a `DataFrame`, a NaN and scalars.
+const SALES: &str = r#"import pandas as pd
+
+
+def main(options):
+    sales = pd.read_csv("sales.csv")
+    sales["revenue"] = sales["units"] * sales["price"] * options["scale"]
+    by_region = sales.groupby("region", as_index=False)["revenue"].sum()
+    by_region.to_csv("by_region.csv", index=False)
+    with open("weights.bin", "rb") as weights:
+        checksum = sum(weights.read())
+    return {
+        "rows": len(sales),
+        "by_region": by_region,
+        "checksum": checksum,
+        "missing": float("nan"),
+    }
+"#;
+const SALES_CSV: &str = "region,units,price\nnorth,3,2.5\nsouth,5,1.0\nnorth,1,4.0\n";
 
 /// chromedriver on a free loopback port, in a process group of its own with the browsers it
 /// starts: dropping it kills the group, so a failed test leaves no browser behind.
@@ -154,6 +189,49 @@ async fn text(client: &Client, css: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The `textContent` of every element `css` matches, in document order.
+async fn texts(client: &Client, css: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for element in client.find_all(Locator::Css(css)).await.unwrap() {
+        found.push(
+            element
+                .prop("textContent")
+                .await
+                .unwrap()
+                .unwrap_or_default(),
+        );
+    }
+    found
+}
+
+/// Replaces what a field holds by typing `keys` (nothing: empties it).
+async fn type_into(client: &Client, css: &str, keys: &str) {
+    let field = find(client, css).await;
+    field.clear().await.unwrap();
+    if !keys.is_empty() {
+        field.send_keys(keys).await.unwrap();
+    }
+}
+
+/// The bodies the page has sent to `/execute`, as sent.
+async fn sent(client: &Client) -> Vec<Value> {
+    let sent = client.execute("return window.sent;", vec![]).await.unwrap();
+    sent.as_array()
+        .unwrap()
+        .iter()
+        .map(|body| serde_json::from_str(body.as_str().unwrap()).unwrap())
+        .collect()
+}
+
+/// How many answers the form has shown.
+async fn runs(client: &Client) -> Option<String> {
+    find(client, "#outcome")
+        .await
+        .attr("data-runs")
+        .await
+        .unwrap()
+}
+
 /// Waits for the form's `runs`-th answer and returns its status.
 async fn answered(client: &Client, runs: u32) -> String {
     let css = format!("#outcome[data-state='done'][data-runs='{runs}']");
@@ -187,10 +265,23 @@ async fn the_page_shows_the_service_and_runs_scripts_as_the_api_does() {
         .await
         .expect("the page's script ran (the policy allows it) and listed the packages");
     assert_eq!(client.title().await.unwrap(), "pyexec");
+    // Every request the page sends, as sent.
+    client
+        .execute(
+            "window.sent = []; const send = window.fetch;\
+             window.fetch = function (url, options) {\
+               window.sent.push(options.body); return send.apply(this, arguments); };",
+            vec![],
+        )
+        .await
+        .unwrap();
     shows_what_get_says(&client, &info).await;
     runs_a_success_with_the_mouse(&client, &app).await;
     shows_markup_as_text(&client).await;
     runs_an_error_with_the_keyboard(&client, &app).await;
+    refuses_what_it_cannot_send(&client, &info).await;
+    strict_result_turns_the_mapping_off(&client, &app).await;
+    runs_a_dataframe_with_input_and_files(&client, &app).await;
     let path = screenshot(&client).await;
     eprintln!("screenshot: {}", path.display());
     client.close().await.unwrap();
@@ -304,6 +395,17 @@ async fn shows_markup_as_text(client: &Client) {
         text(client, "#error-details dd[data-field='message']").await,
         PAYLOAD
     );
+    run(INJECTION_TABLE).await;
+    assert_eq!(answered(client, 4).await, "200");
+    let table = "#result-tables table[data-key='']";
+    assert_eq!(
+        texts(client, &format!("{table} thead th")).await,
+        ["cell", PAYLOAD]
+    );
+    assert_eq!(
+        texts(client, &format!("{table} tbody td")).await,
+        [PAYLOAD, "1"]
+    );
     let made = client
         .execute(
             "return {images: document.images.length, bold: document.querySelectorAll('b').length,\
@@ -341,7 +443,7 @@ async fn runs_an_error_with_the_keyboard(client: &Client, app: &common::TestApp)
         .send_keys(&format!("{}{}", Key::Control, Key::Enter))
         .await
         .unwrap();
-    assert_eq!(answered(client, 4).await, "400");
+    assert_eq!(answered(client, 5).await, "400");
     let (status, api) = app.execute(&failing).await;
     assert_eq!(
         (status, common::error_code(&api)),
@@ -363,6 +465,279 @@ async fn runs_an_error_with_the_keyboard(client: &Client, app: &common::TestApp)
     );
     assert_eq!(text(client, "#stdout").await, api["stdout"]);
     assert_eq!(api["stdout"], "looking up a pear\n");
+}
+
+/// What the form cannot send it does not send: input that is not JSON, a limit out of the
+/// service's range, files over `limits.input_bytes`. Each says why by its field, which gets the
+/// focus (the limits open), and the status says "Not sent".
+async fn refuses_what_it_cannot_send(client: &Client, info: &Value) {
+    let sent_before = sent(client).await.len();
+    let runs_before = runs(client).await;
+
+    type_into(client, "#input", r#"{"scale": 2,}"#).await;
+    let message = refused(client, "input", "#input-error").await;
+    assert!(message.starts_with("The input is not JSON ("), "{message}");
+    type_into(client, "#input", "").await;
+    let error = find(client, "#input-error").await;
+    assert!(
+        error.attr("hidden").await.unwrap().is_some(),
+        "editing clears it"
+    );
+
+    find(client, "#run-limits summary")
+        .await
+        .click()
+        .await
+        .unwrap();
+    type_into(client, "#limit-memory", "63").await;
+    let message = refused(client, "limit-memory", "#limits-error").await;
+    let max_mib = info["limits"]["memory_bytes"].as_u64().unwrap() >> 20;
+    assert_eq!(
+        message,
+        format!("The memory must be a whole number of MiB from 64 to {max_mib}.")
+    );
+    type_into(client, "#limit-memory", "").await;
+    let max_ms = info["limits"]["time_limit_ms"].as_u64().unwrap();
+    type_into(client, "#limit-time", &(max_ms + 1).to_string()).await;
+    let message = refused(client, "limit-time", "#limits-error").await;
+    assert!(message.starts_with("The wall time must be"), "{message}");
+    type_into(client, "#limit-time", "").await;
+
+    refuses_files_too_large(client, info).await;
+    assert_eq!(sent(client).await.len(), sent_before, "nothing was sent");
+    assert_eq!(runs(client).await, runs_before, "no answer changed");
+}
+
+/// Clicks Run, expecting the message `error` by the field `id`, which has the focus and is
+/// marked invalid, and "Not sent" with the message in the status; returns the message.
+async fn refused(client: &Client, id: &str, error: &str) -> String {
+    find(client, "#run").await.click().await.unwrap();
+    let shown = client
+        .wait()
+        .for_element(Locator::Css(&format!("{error}:not([hidden])")))
+        .await
+        .unwrap_or_else(|problem| panic!("no message in {error}: {problem}"));
+    let message = shown.prop("textContent").await.unwrap().unwrap();
+    let focused = client.active_element().await.unwrap();
+    assert_eq!(focused.attr("id").await.unwrap().as_deref(), Some(id));
+    assert_eq!(
+        focused.attr("aria-invalid").await.unwrap().as_deref(),
+        Some("true"),
+        "{id}"
+    );
+    assert_eq!(
+        text(client, "#status").await,
+        format!("Not sent: {message}")
+    );
+    message
+}
+
+/// Files over `limits.input_bytes` are refused by their size alone (a sparse file the page
+/// never reads), as soon as chosen and again on Run; "Clear files" empties the picker.
+async fn refuses_files_too_large(client: &Client, info: &Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.csv");
+    let limit = info["limits"]["input_bytes"].as_u64().unwrap();
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(limit + 1)
+        .unwrap();
+    find(client, "#files")
+        .await
+        .send_keys(big.to_str().unwrap())
+        .await
+        .unwrap();
+    let summary = text(client, "#files-summary").await;
+    assert!(
+        summary.contains("Not sent:") && summary.contains("(limits.input_bytes)"),
+        "{summary}"
+    );
+    find(client, "#run").await.click().await.unwrap();
+    client
+        .wait()
+        .for_element(Locator::XPath(
+            "//*[@id='status'][starts-with(., 'Not sent: ')]",
+        ))
+        .await
+        .unwrap();
+    let focused = client.active_element().await.unwrap();
+    assert_eq!(focused.attr("id").await.unwrap().as_deref(), Some("files"));
+    assert_eq!(
+        focused.attr("aria-invalid").await.unwrap().as_deref(),
+        Some("true")
+    );
+    find(client, "#files-clear").await.click().await.unwrap();
+    assert_eq!(text(client, "#files-summary").await, "No files chosen.");
+}
+
+/// With "strict result" checked the request says so, and a NaN is an error as the API says.
+async fn strict_result_turns_the_mapping_off(client: &Client, app: &common::TestApp) {
+    let nan = "def main():\n    return float(\"nan\")\n";
+    client
+        .execute(
+            "document.getElementById('script').value = arguments[0];",
+            vec![json!(nan)],
+        )
+        .await
+        .unwrap();
+    let strict = find(client, "#strict-result").await;
+    strict.click().await.unwrap();
+    find(client, "#run").await.click().await.unwrap();
+    assert_eq!(answered(client, 6).await, "400");
+    let request = json!({"script": nan, "strict_result": true});
+    assert_eq!(sent(client).await.last(), Some(&request));
+    let (status, api) = app.post_json(&request).await;
+    assert_eq!(
+        (status, common::error_code(&api)),
+        (400, "result_not_serializable")
+    );
+    assert_eq!(text(client, "#error-code").await, api["code"]);
+    assert_eq!(text(client, "#error-message").await, api["error"]);
+    assert_eq!(
+        text(client, "#error-details dd[data-field='problem']").await,
+        api["problem"]
+    );
+    strict.click().await.unwrap();
+}
+
+/// A JSON input, a CSV and a binary file chosen in the picker, "return the files" checked and
+/// a time limit, sent with Ctrl+Enter from the input: the page sends what a program would (the
+/// files in base64 under their names) and shows the API's answer to it: the `DataFrame` as a
+/// table, the file it wrote with its size and contents, ready to download, the NaN that came
+/// back as null, the limits it ran under.
+async fn runs_a_dataframe_with_input_and_files(client: &Client, app: &common::TestApp) {
+    use base64::Engine as _;
+    let base64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let dir = tempfile::tempdir().unwrap();
+    let weights: Vec<u8> = (0..=255).collect();
+    std::fs::write(dir.path().join("sales.csv"), SALES_CSV).unwrap();
+    std::fs::write(dir.path().join("weights.bin"), &weights).unwrap();
+    let paths = ["sales.csv", "weights.bin"].map(|name| dir.path().join(name));
+    let paths = paths.map(|path| path.to_str().unwrap().to_owned());
+    find(client, "#files")
+        .await
+        .send_keys(&paths.join("\n"))
+        .await
+        .unwrap();
+    assert_eq!(
+        texts(client, "#files-summary code[data-chosen]").await,
+        ["sales.csv", "weights.bin"]
+    );
+    let summary = text(client, "#files-summary").await;
+    let total = SALES_CSV.len() + weights.len();
+    assert!(
+        summary.starts_with(&format!("2 files, {total} bytes in all: ")),
+        "{summary}"
+    );
+    client
+        .execute(
+            "document.getElementById('script').value = arguments[0];",
+            vec![json!(SALES)],
+        )
+        .await
+        .unwrap();
+    find(client, "#return-files").await.click().await.unwrap();
+    type_into(client, "#limit-time", "20000").await;
+    type_into(client, "#input", r#"{"scale": 2}"#).await;
+    find(client, "#input")
+        .await
+        .send_keys(&format!("{}{}", Key::Control, Key::Enter))
+        .await
+        .unwrap();
+    assert_eq!(answered(client, 7).await, "200");
+
+    let request = json!({
+        "script": SALES,
+        "files": [
+            {"path": "sales.csv", "content": base64(SALES_CSV.as_bytes()), "encoding": "base64"},
+            {"path": "weights.bin", "content": base64(&weights), "encoding": "base64"},
+        ],
+        "return_files": true,
+        "limits": {"time_ms": 20000},
+        "input": {"scale": 2},
+    });
+    assert_eq!(sent(client).await.last(), Some(&request));
+    let (status, api) = app.post_json(&request).await;
+    assert_eq!(status, 200, "{api}");
+    shows_the_dataframe(client, &api).await;
+    shows_the_returned_file(client, &api).await;
+    // The NaN, and where it was; the limits it ran under.
+    assert_eq!(
+        api["nulls"],
+        json!({"count": 1, "paths": ["result['missing']"]})
+    );
+    assert_eq!(
+        text(client, "#nulls").await,
+        "1 value was NaN/NaT/NA/±Infinity and came back as null: result['missing']"
+    );
+    assert_eq!(api["limits"]["time_ms"], 20000);
+    let limits = text(client, "#applied-limits").await;
+    assert!(limits.contains("time_ms 20 s"), "{limits}");
+    let violations = client
+        .execute("return window.violations;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(violations, json!([]), "the policy blocked nothing");
+}
+
+/// The result as JSON and its `DataFrame` as a table (one per top-level value that is one).
+async fn shows_the_dataframe(client: &Client, api: &Value) {
+    assert_eq!(api["result"]["checksum"], 255 * 256 / 2);
+    let result: Value = serde_json::from_str(&text(client, "#result").await).unwrap();
+    assert_eq!(result, api["result"]);
+
+    let rows = api["result"]["by_region"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    let table = "#result-tables table[data-key='by_region']";
+    assert_eq!(
+        texts(client, &format!("{table} thead th")).await,
+        ["region", "revenue"]
+    );
+    let mut cells = Vec::new();
+    for row in rows {
+        for column in ["region", "revenue"] {
+            cells.push(match &row[column] {
+                Value::String(text) => text.clone(),
+                other => other.to_string(),
+            });
+        }
+    }
+    assert_eq!(texts(client, &format!("{table} tbody td")).await, cells);
+    assert_eq!(texts(client, "#result-tables table").await.len(), 1);
+}
+
+/// The file the script wrote, as the API returns it: path, size, encoding, contents, and a
+/// download link.
+async fn shows_the_returned_file(client: &Client, api: &Value) {
+    let files = api["files"].as_array().unwrap();
+    assert_eq!(files.len(), 1, "{api}");
+    let file = &files[0];
+    assert_eq!(file["path"], "by_region.csv");
+    let row = find(client, "#returned-files tr[data-file='by_region.csv']").await;
+    let size = row
+        .find(Locator::Css("data"))
+        .await
+        .unwrap()
+        .attr("value")
+        .await
+        .unwrap();
+    assert_eq!(size, Some(file["size"].to_string()));
+    let cells = row.find_all(Locator::Css("th, td")).await.unwrap();
+    assert_eq!(cells[0].text().await.unwrap(), file["path"]);
+    assert_eq!(cells[2].text().await.unwrap(), file["encoding"]);
+    let link = row.find(Locator::Css("a[download]")).await.unwrap();
+    assert_eq!(
+        link.attr("download").await.unwrap().as_deref(),
+        Some("by_region.csv")
+    );
+    let href = link.attr("href").await.unwrap().unwrap();
+    assert!(href.starts_with("blob:"), "{href}");
+    assert_eq!(
+        text(client, "details[data-preview='by_region.csv'] pre").await,
+        file["content"]
+    );
+    assert_eq!(file["content"], "region,revenue\nnorth,23.0\nsouth,10.0\n");
+    assert_eq!(api["files_truncated"], false);
 }
 
 /// The whole page, as a person sees it, in `target/browser/page.png`.

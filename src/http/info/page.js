@@ -125,7 +125,10 @@
     }
   }
   const inputError = byId('input-error');
-  input.addEventListener('input', () => fieldError(inputError, [input], ''));
+  // Editing a field takes back its message (`change` too: a field emptied by a tool).
+  for (const type of ['input', 'change']) {
+    input.addEventListener(type, () => fieldError(inputError, [input], ''));
+  }
 
   /** `{text}`: the input as JSON text (null when the field is empty), or `{problem}`. */
   function inputJson() {
@@ -142,7 +145,9 @@
   }
 
   const { input_files: maxFiles, input_bytes: maxFileBytes } = info.limits;
-  const bytes = (count) => `${count.toLocaleString('en')} byte${count === 1 ? '' : 's'}`;
+  /** "1 file", "2,048 files". */
+  const counted = (count, noun) => `${count.toLocaleString('en')} ${noun}${count === 1 ? '' : 's'}`;
+  const bytes = (count) => counted(count, 'byte');
   /** Why the chosen files cannot be sent, or ''. */
   function filesProblem(files) {
     const total = files.reduce((sum, file) => sum + file.size, 0);
@@ -169,7 +174,7 @@
     }
     const total = files.reduce((sum, file) => sum + file.size, 0);
     summary.replaceChildren(
-      `${files.length} file${files.length === 1 ? '' : 's'}, ${bytes(total)} in all: `,
+      `${counted(files.length, 'file')}, ${bytes(total)} in all: `,
       ...files.flatMap((file, index) => [index ? ', ' : '',
         el('code', { 'data-chosen': file.name }, file.name), ` (${bytes(file.size)})`]),
       problem ? `. Not sent: ${problem}` : '');
@@ -200,12 +205,12 @@
   // output from 0 bytes), in the unit each field takes.
   const MiB = 2 ** 20;
   const LIMIT_FIELDS = [
-    { id: 'limit-time', name: 'time_ms', what: 'The wall time', unit: 1,
+    { id: 'limit-time', name: 'time_ms', what: 'The wall time', unit: 1, units: 'ms',
       min: 1, max: info.limits.time_limit_ms },
-    { id: 'limit-memory', name: 'memory_bytes', what: 'The memory', unit: MiB,
+    { id: 'limit-memory', name: 'memory_bytes', what: 'The memory', unit: MiB, units: 'MiB',
       min: Math.ceil(Math.min(64 * MiB, info.limits.memory_bytes) / MiB),
       max: Math.floor(info.limits.memory_bytes / MiB) },
-    { id: 'limit-output', name: 'output_bytes', what: 'The output', unit: 1,
+    { id: 'limit-output', name: 'output_bytes', what: 'The output', unit: 1, units: 'bytes',
       min: 0, max: info.limits.output_bytes },
   ];
   const limitsError = byId('limits-error');
@@ -214,8 +219,10 @@
     limit.field.placeholder = `${limit.max}`;
     byId(`${limit.id}-range`).textContent =
       `${limit.min.toLocaleString('en')} to ${limit.max.toLocaleString('en')}`;
-    limit.field.addEventListener('input', () => fieldError(limitsError,
-      LIMIT_FIELDS.map((other) => other.field), ''));
+    for (const type of ['input', 'change']) {
+      limit.field.addEventListener(type, () => fieldError(limitsError,
+        LIMIT_FIELDS.map((other) => other.field), ''));
+    }
   }
   /** `{limits}`: those given, as the request's `limits` (null when none), or `{field, problem}`. */
   function requestLimits() {
@@ -225,8 +232,9 @@
       if (!text) continue;
       const value = /^[0-9]+$/.test(text) ? Number(text) : NaN;
       if (!(value >= limit.min && value <= limit.max)) {
-        return { field: limit.field, problem: `${limit.what} must be a whole number from `
-          + `${limit.min.toLocaleString('en')} to ${limit.max.toLocaleString('en')}.` };
+        return { field: limit.field, problem: `${limit.what} must be a whole number of `
+          + `${limit.units} from ${limit.min.toLocaleString('en')} to `
+          + `${limit.max.toLocaleString('en')}.` };
       }
       limits[limit.name] = value * limit.unit;
     }
@@ -250,11 +258,11 @@
       return checked;
     }
     const chosen = Array.from(picker.files);
-    const tooMany = filesProblem(chosen);
-    if (tooMany) {
+    const refused = filesProblem(chosen);
+    if (refused) {
       showFiles();
       picker.focus();
-      return { problem: tooMany };
+      return { problem: refused };
     }
     const request = { script: script.value };
     if (chosen.length) {
@@ -362,19 +370,22 @@
       }
     }
     const shownColumns = columns.slice(0, MAX_COLUMNS);
+    const isNumber = (value) => typeof value === 'number' || isRaw(value);
+    const numeric = (name) => rows.every((row) => row[name] == null || isNumber(row[name]));
     const cell = (value) => {
       if (value === undefined) return el('td', { 'data-missing': '' });
       if (value === null) return el('td', { class: 'muted' }, 'null');
       if (typeof value === 'string') return el('td', {}, value);
-      if (typeof value === 'number' || isRaw(value)) {
+      if (isNumber(value)) {
         return el('td', { class: 'num' }, isRaw(value) ? value.rawJSON : String(value));
       }
       return el('td', {}, typeof value === 'object' ? JSON.stringify(value) : String(value));
     };
     const table = el('table', { class: 'records', 'data-key': key },
-      el('caption', {}, el('code', {}, path), ` as a table: ${rows.length.toLocaleString('en')} `
-        + `row${rows.length === 1 ? '' : 's'}, ${columns.length} column${columns.length === 1 ? '' : 's'}`),
-      el('thead', {}, el('tr', {}, ...shownColumns.map((name) => el('th', { scope: 'col' }, name)))),
+      el('caption', {}, el('code', {}, path),
+        ` as a table: ${counted(rows.length, 'row')}, ${counted(columns.length, 'column')}`),
+      el('thead', {}, el('tr', {}, ...shownColumns.map((name) =>
+        el('th', numeric(name) ? { scope: 'col', class: 'num' } : { scope: 'col' }, name)))),
       el('tbody', {}, ...rows.slice(0, MAX_ROWS).map((row) =>
         el('tr', {}, ...shownColumns.map((name) => cell(row[name]))))));
     const nodes = [el('div', { class: 'table-scroll' }, table)];
@@ -412,7 +423,9 @@
     const files = Array.isArray(body.files) ? body.files : [];
     if (Array.isArray(body.files)) {
       nodes.push(el('h4', {}, `Files (${files.length})`));
-      if (!files.length) nodes.push(el('p', { class: 'muted', id: 'no-files' }, 'No files came back.'));
+      if (!files.length) {
+        nodes.push(el('p', { class: 'muted', id: 'no-files' }, 'No files came back.'));
+      }
     }
     if (files.length) {
       const previews = [];
@@ -422,7 +435,8 @@
         try {
           const content = file.encoding === 'base64' ? fromBase64(String(file.content))
             : encoder.encode(String(file.content));
-          const url = URL.createObjectURL(new Blob([content], { type: 'application/octet-stream' }));
+          const blob = new Blob([content], { type: 'application/octet-stream' });
+          const url = URL.createObjectURL(blob);
           downloads.push(url);
           link = el('a', { href: url, download: path.split('/').pop(),
             'aria-label': `Download ${path}` }, 'Download');
@@ -431,20 +445,23 @@
         }
         if (file.encoding !== 'base64') {
           const text = String(file.content);
-          const cut = text.length > PREVIEW_CHARS ? ` (the first ${PREVIEW_CHARS.toLocaleString('en')} characters)` : '';
+          const cut = text.length > PREVIEW_CHARS
+            ? ` (the first ${counted(PREVIEW_CHARS, 'character')})` : '';
           previews.push(el('details', { 'data-preview': path },
             el('summary', {}, 'Contents of ', el('code', {}, path), cut),
             el('pre', {}, text.slice(0, PREVIEW_CHARS))));
         }
         return el('tr', { 'data-file': path },
           el('th', { scope: 'row' }, el('code', {}, path)),
-          el('td', { class: 'num' }, el('data', { value: String(file.size) }, bytes(Number(file.size)))),
+          el('td', { class: 'num' }, el('data', { value: String(file.size) },
+            bytes(Number(file.size)))),
           el('td', {}, String(file.encoding)),
           el('td', {}, link));
       });
+      const heading = (name, attributes) => el('th', { scope: 'col', ...attributes }, name);
       nodes.push(el('div', { class: 'table-scroll' }, el('table', { id: 'returned-files' },
-        el('thead', {}, el('tr', {}, el('th', { scope: 'col' }, 'Path'), el('th', { scope: 'col' }, 'Size'),
-          el('th', { scope: 'col' }, 'Encoding'), el('th', { scope: 'col' }, 'File'))),
+        el('thead', {}, el('tr', {}, heading('Path'), heading('Size', { class: 'num' }),
+          heading('Encoding'), heading('File'))),
         el('tbody', {}, ...rows))), ...previews);
     }
     if (body.files_truncated === true) {
@@ -468,7 +485,7 @@
     const paths = Array.isArray(nulls.paths) ? nulls.paths.map(String) : [];
     const listed = paths.length < count ? ` (the first ${paths.length})` : '';
     return el('p', { class: 'note', id: 'nulls' },
-      `${count.toLocaleString('en')} value${count === 1 ? ' was' : 's were'} NaN/NaT/NA/±Infinity `
+      `${counted(count, 'value')} ${count === 1 ? 'was' : 'were'} NaN/NaT/NA/±Infinity `
       + `and came back as null${paths.length ? `${listed}: ` : '.'}`,
       ...paths.flatMap((path, index) => [index ? ', ' : '', el('code', {}, path)]));
   }

@@ -22,8 +22,8 @@ const SCRIPT: &str = include_str!("page.js");
 /// What the page may do. The two hashes are of [`STYLE`] and [`SCRIPT`]; a unit test checks
 /// them (and prints the right ones after an edit of either file).
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; \
-    script-src 'sha256-sLP3PeIgibnrg6eRvxwnJfQ73AcM+nZgDBK1LNCyHoY='; \
-    style-src 'sha256-hqzqcjkQZubgSXsQxWyZz8/vuci8ZdXpFZuv6jgcQ1E='; \
+    script-src 'sha256-vUEdqk4pHzdv9YRn7DGdbOtqyMWEgBYlTP6wHWOwljs='; \
+    style-src 'sha256-bap1hAoQ3nJmdaYFLlO8CnUt46jTEcM6nbPJaURsKIs='; \
     connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'; \
     require-trusted-types-for 'script'; trusted-types 'none'";
 
