@@ -8,10 +8,10 @@
 //! profile its mode allows, answer the API, hold against the part of the escape suite whose
 //! outcome does not depend on the suite's small limits, and exit 0 on `podman stop`.
 //!
-//! Podman runs as here: `--isolation=chroot` builds and the `runc` runtime (crun cannot handle
-//! this host's hybrid cgroups), ulimits the host allows (podman's defaults exceed them), the
-//! host's network with the service on a free loopback port (nothing else is ever talked to),
-//! and the host's CA bundle mounted into the build (downloads are re-signed here).
+//! Podman runs as these hosts need: `--isolation=chroot` builds and the `runc` runtime (crun
+//! cannot handle their hybrid cgroups), ulimits the host allows (podman's defaults exceed
+//! them), the host's network with the service on a free loopback port (nothing else is ever
+//! talked to), and the host's CA bundle mounted into the build (downloads are re-signed).
 //! The figures (image size, build time, start to healthy per mode, total) go to
 //! `target/image-report.json` and to stderr.
 #![allow(
@@ -24,6 +24,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::linux::net::SocketAddrExt;
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::{SocketAddr as UnixSocketAddr, UnixListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -128,6 +129,7 @@ async fn the_image_builds_runs_each_profile_and_stops_cleanly() {
         "image_size_mb": size_mb,
         "stand_ins_secs": round(stand_ins_secs),
         "build_secs": round(build_secs),
+        "escape_cases_per_mode": ESCAPE_CASES.len(),
         "modes": modes,
         "total_secs": round(started.elapsed().as_secs_f64()),
     });
@@ -236,6 +238,7 @@ fn build(build_args: &[String]) {
     // would be pruned below, and its parents with it, the dependencies' layer among them.
     let built = podman_build(&["--tag", IMAGE])
         && podman_build(&["--target", "build", "--tag", BUILD_STAGE_IMAGE]);
+    let _ = std::fs::remove_dir_all(&ca_dir);
     if !built {
         let text = std::fs::read_to_string(&log_path).unwrap_or_default();
         let tail: Vec<&str> = text.lines().rev().take(40).collect();
@@ -481,6 +484,8 @@ fn find_leaks(dir: &Path, bundle: &[u8], host_only: &[String], leaks: &mut Vec<P
 /// assertion never leaves one running.
 struct Container {
     name: String,
+    /// When `podman run` was called.
+    launched: Instant,
 }
 
 impl Drop for Container {
@@ -547,57 +552,70 @@ impl Container {
     }
 }
 
+impl Container {
+    /// Starts the image in the background, `--privileged` or not, serving on `port`.
+    fn start(privileged: bool, port: u16) -> Self {
+        let name = format!(
+            "pyexec-image-test-{}-{}",
+            std::process::id(),
+            if privileged {
+                "privileged"
+            } else {
+                "unprivileged"
+            }
+        );
+        let _ = podman(&["rm", "--force", "--time", "0", &name]);
+        let mut args: Vec<String> = ["run", "--detach", "--name", &name, "--runtime", "runc"]
+            .map(str::to_owned)
+            .into();
+        args.extend(ULIMITS.map(str::to_owned));
+        if privileged {
+            args.push("--privileged".into());
+        }
+        args.extend(
+            [
+                // The service shares the host's network, on a free port of loopback only.
+                "--network",
+                "host",
+                "--env",
+                &format!("PORT={port}"),
+                "--env",
+                "PYEXEC_HOST=127.0.0.1",
+                // Two executions at once (the concurrent cases), whatever the host's CPU count.
+                "--env",
+                "PYEXEC_MAX_CONCURRENCY=2",
+                // The test polls /health itself; podman's own check needs systemd timers.
+                "--no-healthcheck",
+                // Rootful podman without a user namespace shares the host's uids, and a
+                // privileged container on cgroup v1 the host's cgroup tree: the container's
+                // service takes its block of uids (and the cgroup subtree named after it) under
+                // the same flock in /run/pyexec as every instance on the host, so it never
+                // takes a block a service on the host holds (nor the other way round). A private
+                // /run/pyexec would let both take the first block and sweep each other's
+                // processes and cgroups.
+                "--volume",
+                "/run/pyexec:/run/pyexec",
+                IMAGE,
+            ]
+            .map(str::to_owned),
+        );
+        // As the service makes it when it is the first instance on the host.
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .recursive(true)
+            .create("/run/pyexec")
+            .unwrap();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let launched = Instant::now();
+        podman_ok(&args);
+        Self { name, launched }
+    }
+}
+
 /// What one mode came to, for the report.
 async fn run_mode(privileged: bool) -> Value {
     let port = free_port();
-    let name = format!(
-        "pyexec-image-test-{}-{}",
-        std::process::id(),
-        if privileged {
-            "privileged"
-        } else {
-            "unprivileged"
-        }
-    );
-    let _ = podman(&["rm", "--force", "--time", "0", &name]);
-    let mut args: Vec<String> = ["run", "--detach", "--name", &name, "--runtime", "runc"]
-        .map(str::to_owned)
-        .into();
-    args.extend(ULIMITS.map(str::to_owned));
-    if privileged {
-        args.push("--privileged".into());
-    }
-    args.extend(
-        [
-            // The service shares the host's network, on a free port of loopback only.
-            "--network",
-            "host",
-            "--env",
-            &format!("PORT={port}"),
-            "--env",
-            "PYEXEC_HOST=127.0.0.1",
-            // Two executions at once (the concurrent cases), whatever the host's CPU count.
-            "--env",
-            "PYEXEC_MAX_CONCURRENCY=2",
-            // The test polls /health itself; podman's own check needs systemd timers.
-            "--no-healthcheck",
-            // Rootful podman without a user namespace shares the host's uids, and a privileged
-            // container on cgroup v1 the host's cgroup tree: the container's service takes its
-            // block of uids (and the cgroup subtree named after it) under the same flock in
-            // /run/pyexec as every instance on the host, so it never takes a block a service
-            // on the host holds (nor the other way round). A private /run/pyexec would let both
-            // take the first block and sweep each other's processes and cgroups.
-            "--volume",
-            "/run/pyexec:/run/pyexec",
-            IMAGE,
-        ]
-        .map(str::to_owned),
-    );
-    std::fs::create_dir_all("/run/pyexec").unwrap();
-    let launched = Instant::now();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    podman_ok(&args);
-    let container = Container { name };
+    let container = Container::start(privileged, port);
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()
@@ -605,7 +623,7 @@ async fn run_mode(privileged: bool) -> Value {
     let base = format!("http://127.0.0.1:{port}");
 
     let health = wait_healthy(&client, &base, &container).await;
-    let start_to_healthy_ms = launched.elapsed().as_millis();
+    let start_to_healthy_ms = container.launched.elapsed().as_millis();
     let expected = if privileged { "strict" } else { "cloudrun" };
     assert_eq!(health["profile"], expected, "{health}");
     let limits = health["isolation"]["limits"].as_str().unwrap().to_owned();

@@ -102,7 +102,7 @@ def main():
 /// as a copy of it), its environment, the files of every temp directory it can see and every
 /// process's arguments and environment it may read.
 const SEARCH_CANARY: &str = r#"
-import os, re, tempfile
+import os, re, stat, tempfile
 WANTED = {NONCE}
 PREFIX = b"PYEXEC-" + b"CANARY-"
 def has_canary(data):
@@ -132,9 +132,11 @@ def main():
             for name in names:
                 try:
                     path = os.path.join(dirpath, name)
-                    if os.lstat(path).st_size <= 4096:
-                        with open(path, "rb", opener=lambda p, f: os.open(p, f | os.O_NONBLOCK)) as f:
-                            if has_canary(f.read()):
+                    # Small regular files only: a link could lead to a big host file.
+                    st = os.lstat(path)
+                    if stat.S_ISREG(st.st_mode) and st.st_size <= 4096:
+                        with open(path, "rb", opener=lambda p, f: os.open(p, f | os.O_NONBLOCK | os.O_NOFOLLOW)) as f:
+                            if has_canary(f.read(4096)):
                                 found.append("file " + path)
                 except OSError:
                     pass
