@@ -8,6 +8,8 @@
 #                  rust:1.95.0-slim-bookworm, pinned by its (multi-platform index) digest.
 #   RUNTIME_IMAGE  base of the runtime stage: Debian 12. Default: the official
 #                  debian:bookworm-20260803-slim, pinned by digest.
+#   These two digests were copied from public Dockerfiles that agree on them; the machine this
+#   was written on cannot reach a registry, so verify them once where one is reachable.
 #   To move a pin, resolve the tag's digest (`docker buildx imagetools inspect <tag>`, or
 #   `skopeo inspect --format '{{.Digest}}' docker://<tag>`) and replace both tag and digest.
 #   Hosts that cannot pull (the image test) pass local stand-ins made by

@@ -9,8 +9,9 @@ profile (src/sandbox/zygote.rs) with a SOCK_SEQPACKET control socket on fd 3, an
             "seccomp": {"zygote": [HEX, ...], "script": [HEX, ...]}}
            answered {"ready": pid} once the modules are imported;
   request  {"id": N} with the descriptors [job, stdout, stderr, result, go], answered
-           {"id": N, "spawned": pid} carrying SCM_CREDENTIALS of the child (the kernel
-           translates its pid for the service), and later {"id": N, "exit": wait_status}.
+           {"id": N, "spawned": pid}, carrying SCM_CREDENTIALS of the child when the
+           zygote has a pid namespace of its own (the kernel translates the pid for the
+           service), and later {"id": N, "exit": wait_status}.
 
 The job is a memfd the child reads, never the zygote: {"uid": U, "cwd": PATH, "env": {...},
 "settings": {...}, "script": "..."}. So nothing of a script ever enters the zygote's memory,
@@ -154,7 +155,11 @@ class Zygote:
         for fd in fds:
             os.close(fd)
         self.children[pid] = request["id"]
-        self.send({"id": request["id"], "spawned": pid}, credentials_pid=pid)
+        # In a pid namespace the service cannot use our pid numbers: the kernel translates the
+        # credentials (which needs CAP_SYS_ADMIN here, and the jail's user namespace gives
+        # it). Without namespaces our pids are the service's, and an unprivileged container
+        # could not send another process's credentials at all.
+        self.send({"id": request["id"], "spawned": pid}, credentials_pid=pid if self.namespaces else None)
         return True
 
 

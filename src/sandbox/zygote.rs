@@ -3,7 +3,8 @@
 //! never run user code. For each execution the service asks it, over a `SOCK_SEQPACKET`
 //! control socket, for one child, handing it the execution's pipes and a job (the script and
 //! its settings, in a memfd only the child reads); the zygote answers with the child's pid (as
-//! `SCM_CREDENTIALS`, which the kernel translates into the service's pid namespace), the
+//! `SCM_CREDENTIALS`, which the kernel translates into the service's pid namespace, when the
+//! zygote has a pid namespace of its own; without namespaces, in the message), the
 //! service puts that pid in the execution's cgroup and lets the child go, and the zygote
 //! reports its wait status when it ends. The child jails itself before any user code runs (see
 //! `src/harness/zygote.py`); the service supervises it like a cold jail
@@ -209,6 +210,7 @@ impl Zygote {
             Arc::clone(&control),
             Arc::clone(&pending),
             Arc::clone(&alive),
+            jail.profile.namespaced(),
         ));
         Ok(Self {
             control,
@@ -366,11 +368,15 @@ fn memfd(bytes: &[u8]) -> io::Result<OwnedFd> {
 }
 
 /// Routes the zygote's messages to the executions waiting for them; when the zygote ends,
-/// every waiter learns it.
+/// every waiter learns it. A child's pid comes from the credentials the kernel translated
+/// when the zygote is in a pid namespace of its own; without namespaces its pids are the
+/// service's, and it says the pid in the message (sending another process's pid as
+/// credentials takes `CAP_SYS_ADMIN`, which an unprivileged container lacks).
 async fn read_loop(
     control: Arc<AsyncFd<OwnedFd>>,
     pending: Arc<Mutex<HashMap<u64, Waiters>>>,
     alive: Arc<AtomicBool>,
+    namespaced: bool,
 ) {
     while let Ok(Some((message, pid))) = receive(&control).await {
         let Some(id) = message["id"].as_u64() else {
@@ -380,9 +386,16 @@ async fn read_loop(
         let Some(waiters) = pending.get_mut(&id) else {
             continue;
         };
-        if message.get("spawned").is_some() {
+        if let Some(said) = message.get("spawned") {
+            let pid = if namespaced {
+                pid
+            } else {
+                said.as_i64()
+                    .and_then(|pid| i32::try_from(pid).ok())
+                    .and_then(Pid::from_raw)
+            };
             if let Some(spawned) = waiters.spawned.take() {
-                let _ = spawned.send(pid.ok_or_else(|| "no credentials".to_owned()));
+                let _ = spawned.send(pid.ok_or_else(|| "no child pid".to_owned()));
             }
         } else if let Some(error) = message["error"].as_str() {
             if let Some(spawned) = waiters.spawned.take() {
