@@ -1,10 +1,12 @@
 """pyexec's harness: runs one user script inside the jail and reports what main() did.
 
-Cold, it is invoked as `python -I -u -X utf8 -B harness.py SETTINGS SCRIPT_PATH`, where
+Cold, it is invoked as `python -I -u -X utf8 -B harness.py SETTINGS JOB_PATH`, where
 SETTINGS is a JSON object from the service: {"result_fd": 3, "seccomp": [HEX, ...],
 "rlimits": {NAME: N}, "limits": {NAME: N}} (see src/sandbox/command.rs); "limits" are the
-values failures report. Warm, the zygote (zygote.py) imports it once and calls enter() and
-run() in each child it forks.
+values failures report and the caps on returned files. The job (src/job.rs) is
+{"script": ..., "input"?: ..., "files"?: [...], "return_files"?: true | [PATTERN, ...],
+"strict_result"?: true}. Warm, the zygote (zygote.py) imports it once and calls enter() and
+run() in each child it forks, with the job from its memfd.
 
 Before any user code runs it lowers its own rlimits (address space where no cgroup bounds
 memory, processes, CPU time, file size, open files): a process may always lower its own,
@@ -21,7 +23,9 @@ The report travels on its own file descriptor (RESULT_FD, passed in by nsjail), 
 stdout or stderr, so nothing the script prints can corrupt or fake it. It is a sequence of
 newline-terminated JSON frames, each carrying "v" (the protocol version):
   {"v": 2, "event": "started"}                          before any user code runs
-  {"v": 2, "event": "returned", "result": ...}           main() returned a JSON-encodable value
+  {"v": 2, "event": "returned", "result": ...}           main() returned a value JSON carries
+                                                         (after the mapping), with "nulls" and
+                                                         the files when there are any
   {"v": 2, "event": "failed", "failure": {"code": ...}}  the script failed
 A failure is the service's `ScriptFailure` (src/failure.rs) as JSON: facts only (types,
 paths, numbers), never sentences; the service words them. The golden frames in golden/ are
