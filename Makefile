@@ -1,6 +1,6 @@
 # The two commands: `make run` and `make test`. Each first installs whatever this Debian 12
 # machine lacks (scripts/setup.sh: pinned nsjail, sandbox Python with numpy and pandas, Debian
-# packages, Rust), which takes about 1.5 s when everything is already there. Run as root.
+# packages, Rust), which takes about 0.9 s when everything is already there. Run as root.
 
 SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)

@@ -12,7 +12,7 @@
 #   * unless --runtime, the test tools (schemathesis, hadolint; config/tools-requirements.txt, by hash)
 #     at $PYEXEC_HOME/tools, and a Rust toolchain (rustup) when no cargo is found.
 # Idempotent: each step checks first and does nothing when its result is already in place,
-# so a second run takes about 1.5 s (most of it importing numpy and pandas to check them).
+# so a second run takes about 0.9 s (most of it importing numpy and pandas to check them).
 # Used by `make run`, `make test`, .ci/run and the Dockerfile, so what is tested is what ships.
 #
 # Usage: scripts/setup.sh [--runtime]

@@ -6,6 +6,7 @@
 //! gets to its own disk.
 
 use base64::Engine;
+use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::config::Limits;
@@ -38,6 +39,21 @@ pub struct Job {
     pub limits: Limits,
     /// Whether the request asked for its own limits (the answer then says which applied).
     pub limits_requested: bool,
+}
+
+/// What the harness reads of a job (`src/harness/harness.py`'s `run`); fields it need not
+/// see are left out.
+#[derive(Debug, Serialize)]
+pub struct HarnessJob<'a> {
+    script: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    input: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    files: &'a [InputFile],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    return_files: Option<&'a ReturnFiles>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    strict_result: bool,
 }
 
 /// Why a request's job was refused.
@@ -116,24 +132,17 @@ impl Job {
         })
     }
 
-    /// The job as the harness reads it (`job.json`, or the warm path's memfd).
-    pub fn to_harness(&self) -> serde_json::Value {
-        let mut job = serde_json::json!({ "script": self.script.as_str() });
-        if let Some(input) = &self.input {
-            job["input"] = serde_json::from_str(input.get()).unwrap_or(serde_json::Value::Null);
+    /// The job as the harness reads it (`job.json`, or the warm path's memfd): the input and
+    /// the files exactly as they came, never parsed or copied again.
+    pub fn to_harness(&self) -> HarnessJob<'_> {
+        HarnessJob {
+            script: self.script.as_str(),
+            input: self.input.as_deref(),
+            files: &self.files,
+            return_files: (self.return_files != ReturnFiles::All(false))
+                .then_some(&self.return_files),
+            strict_result: self.strict_result,
         }
-        if !self.files.is_empty() {
-            job["files"] = serde_json::json!(self.files);
-        }
-        match &self.return_files {
-            ReturnFiles::All(false) => {}
-            ReturnFiles::All(true) => job["return_files"] = true.into(),
-            ReturnFiles::Matching(patterns) => job["return_files"] = serde_json::json!(patterns),
-        }
-        if self.strict_result {
-            job["strict_result"] = true.into();
-        }
-        job
     }
 
     /// A job that runs `script` alone, with `limits`: the canary and the benchmark's.

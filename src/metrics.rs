@@ -28,6 +28,10 @@ pub struct Metrics {
     warm_pool: Gauge<i64, std::sync::atomic::AtomicI64>,
     warm_misses: Counter<u64, AtomicU64>,
     start_failures: Counter<u64, AtomicU64>,
+    /// The active profile, a label of every execution.
+    profile: &'static str,
+    /// Whether the warm path is configured: a cold execution then counts as a miss.
+    warm_configured: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -66,7 +70,7 @@ fn seconds_buckets() -> impl Iterator<Item = f64> {
 
 impl Metrics {
     /// The metrics of a service running `profile` (and whether its warm path is configured).
-    pub fn new(profile: &str, warm: bool) -> Self {
+    pub fn new(profile: &'static str, warm: bool) -> Self {
         let mut registry = Registry::with_prefix("pyexec");
         registry.register(
             "build",
@@ -77,7 +81,7 @@ impl Metrics {
                 ("warm", warm.to_string()),
             ]),
         );
-        let metrics = Self {
+        let mut metrics = Self {
             executions: Family::default(),
             queue_wait: Histogram::new(seconds_buckets()),
             sandbox_run: Family::new_with_constructor(|| Histogram::new(seconds_buckets())),
@@ -87,9 +91,10 @@ impl Metrics {
             warm_pool: Gauge::default(),
             warm_misses: Counter::default(),
             start_failures: Counter::default(),
+            profile,
+            warm_configured: warm,
             registry,
         };
-        let mut metrics = metrics;
         let registry = &mut metrics.registry;
         registry.register(
             "executions",
@@ -146,8 +151,6 @@ impl Metrics {
         status: u16,
         took: Duration,
         execution: Option<ExecutionRecord>,
-        profile: &str,
-        warm_configured: bool,
     ) {
         self.requests
             .get_or_create(&RouteLabels {
@@ -159,7 +162,7 @@ impl Metrics {
         self.executions
             .get_or_create(&ExecutionLabels {
                 code: execution.code.to_owned(),
-                profile: profile.to_owned(),
+                profile: self.profile.to_owned(),
                 path: execution.path.to_owned(),
             })
             .inc();
@@ -173,7 +176,7 @@ impl Metrics {
                 })
                 .observe(run.as_secs_f64());
         }
-        if execution.path == "cold" && warm_configured {
+        if execution.path == "cold" && self.warm_configured {
             self.warm_misses.inc();
         }
         if execution.code == "sandbox_unavailable" {

@@ -10,6 +10,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use common::markdown::{fenced_blocks, without_duration};
+use pyexec::sandbox::package_name;
 use serde_json::Value;
 
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
@@ -53,25 +55,6 @@ fn examples() -> Vec<Example> {
     found
 }
 
-/// (language, text) of each fenced block, in order.
-fn fenced_blocks(markdown: &str) -> Vec<(String, String)> {
-    let mut blocks = Vec::new();
-    let mut open: Option<(String, String)> = None;
-    for line in markdown.lines() {
-        match (line.strip_prefix("```"), open.take()) {
-            (Some(lang), None) => open = Some((lang.trim().to_owned(), String::new())),
-            (Some(_), Some(block)) => blocks.push(block),
-            (None, Some((lang, mut text))) => {
-                text.push_str(line);
-                text.push('\n');
-                open = Some((lang, text));
-            }
-            (None, None) => {}
-        }
-    }
-    blocks
-}
-
 /// The command README shows for an example: jq makes the JSON body from the file as it is.
 fn command_for(name: &str) -> String {
     format!(
@@ -113,13 +96,6 @@ fn readme_answers(examples: &[Example]) -> BTreeMap<String, Value> {
         }
     }
     answers
-}
-
-fn without_duration(mut value: Value) -> Value {
-    if let Some(object) = value.as_object_mut() {
-        object.remove("duration_ms");
-    }
-    value
 }
 
 #[test]
@@ -249,7 +225,7 @@ async fn the_packages_listed_are_the_pinned_ones() {
             let (name, version) = requirement
                 .split_once("==")
                 .unwrap_or_else(|| panic!("not pinned with ==: {line}"));
-            (normalized(name), version.to_owned())
+            (package_name(name), version.to_owned())
         })
         .collect();
     assert!(pinned.contains_key("numpy") && pinned.contains_key("pandas"));
@@ -268,7 +244,7 @@ async fn the_packages_listed_are_the_pinned_ones() {
         .map(|package| {
             let name = package["name"].as_str().unwrap();
             (
-                normalized(name),
+                package_name(name),
                 package["version"].as_str().unwrap().to_owned(),
             )
         })
@@ -287,22 +263,7 @@ async fn the_packages_listed_are_the_pinned_ones() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|package| normalized(package["name"].as_str().unwrap()))
+        .map(|package| package_name(package["name"].as_str().unwrap()))
         .collect();
     assert!(names.is_sorted(), "sorted by name: {names:?}");
-}
-
-/// PEP 503: `Python_Dateutil` and `python-dateutil` are one name.
-fn normalized(name: &str) -> String {
-    let mut out = String::new();
-    for c in name.chars() {
-        if matches!(c, '-' | '_' | '.') {
-            if !out.ends_with('-') {
-                out.push('-');
-            }
-        } else {
-            out.push(c.to_ascii_lowercase());
-        }
-    }
-    out
 }

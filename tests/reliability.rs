@@ -444,7 +444,12 @@ async fn a_sandbox_killed_from_outside_fails_only_its_own_request() {
 #[tokio::test]
 async fn a_full_disk_is_503() {
     let mount = TmpfsMount::new(256 * 1024);
-    let app = spawn_app_with(|config| config.sandbox.work_root = mount.path().to_owned()).await;
+    // Cold: a cold run writes its harness and job there (a warm one only makes a directory).
+    let app = spawn_app_with(|config| {
+        config.sandbox.work_root = mount.path().to_owned();
+        config.sandbox.warm = false;
+    })
+    .await;
     assert_eq!(app.execute("def main():\n    return 1\n").await.0, 200);
     assert!(app.leftovers_after_sweeps().await.is_empty());
     // The disk fills up while the service runs.

@@ -14,8 +14,8 @@ profile (src/sandbox/zygote.rs) with a SOCK_SEQPACKET control socket on fd 3, an
            service), and later {"id": N, "exit": wait_status}.
 
 The job is a memfd the child reads, never the zygote: {"uid": U, "cwd": PATH, "env": {...},
-"settings": {...}, "script": "..."}. So nothing of a script ever enters the zygote's memory,
-which every later child inherits. The child waits on `go` (the service has put it in its
+"settings": {...}, "job": {"script": "...", ...}} (the harness's job, src/job.rs). So nothing
+of a script ever enters the zygote's memory, which every later child inherits. The child waits on `go` (the service has put it in its
 cgroup), then: fresh mount, ipc, uts and net namespaces (the zygote gave it a fresh pid
 namespace: it is process 1 there), its own /proc, a private /tmp and /sandbox (the script, as
 main.py, read-only), its stdio, a new session, every capability dropped (bounding set
@@ -186,7 +186,7 @@ def child(zygote, fds):
         os.setsid()
         drop_privileges(job["uid"])
         reporter = harness.enter(job["settings"], zygote.script_filters)
-        harness.run(reporter, job["settings"]["limits"], job)
+        harness.run(reporter, job["settings"]["limits"], job["job"])
     except BaseException as error:
         try:
             os.write(2, f"pyexec: the warm sandbox could not start: {error!r}\n".encode())
@@ -203,7 +203,7 @@ def jail(job):
     uid = job["uid"]
     tmp = f"size={job['tmp_bytes']},mode=0700,uid={uid},gid={uid}".encode()
     mount(b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV, tmp)
-    source = job["script"].encode("utf-8", "surrogatepass")
+    source = job["job"]["script"].encode("utf-8", "surrogatepass")
     sandbox = f"size={len(source) + 65536},mode=0755".encode()
     mount(b"tmpfs", b"/sandbox", b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, sandbox)
     fd = os.open(f"/sandbox/{harness.SCRIPT_FILENAME}", os.O_WRONLY | os.O_CREAT, 0o644)

@@ -79,14 +79,9 @@ pub async fn access_log(State(state): State<AppState>, request: Request, next: N
         queue_wait: usage.map(|usage| usage.queue_wait),
         sandbox_run: usage.map(|usage| usage.sandbox_run),
     });
-    state.metrics.record_request(
-        &route,
-        status,
-        took,
-        execution,
-        state.sandbox.profile().name(),
-        state.config.sandbox.warm,
-    );
+    state
+        .metrics
+        .record_request(&route, status, took, execution);
     response
 }
 

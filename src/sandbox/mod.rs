@@ -26,13 +26,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 pub use outcome::{Execution, Outcome};
-pub use packages::{Installed, Package};
+pub use packages::{Installed, Package, normalized as package_name};
 pub use profile::{Isolation, LimitsBackend};
 pub use slots::Ticket;
 
 use crate::config::{Limits, Profile, ProfileChoice, SandboxConfig};
 use crate::harness;
-use crate::job::Job;
+use crate::job::{HarnessJob, Job};
 use crate::validate::validate;
 use block::Block;
 use cgroup::Cgroups;
@@ -380,7 +380,7 @@ impl Sandbox {
                     tracing::debug!(reason = %unavailable, "running cold");
                     warm.restart();
                 }
-                (self.run_cold(&slot, &workdir, &job.limits).await?, "cold")
+                (self.run_cold(&slot, &workdir, job).await?, "cold")
             }
         };
         phases.set_run(
@@ -438,8 +438,16 @@ impl Sandbox {
         &self,
         slot: &Slot,
         workdir: &Path,
-        limits: &Limits,
+        job: &Job,
     ) -> Result<Finished, SandboxError> {
+        let limits = &job.limits;
+        let harness_job =
+            serde_json::to_vec(&job.to_harness()).map_err(|error| SandboxError::Internal {
+                context: "encoding the job failed",
+                source: io::Error::other(error),
+            })?;
+        let (dir, uid) = (workdir.to_owned(), slot.uid);
+        blocking(move || install_cold(&dir, uid, &harness_job)).await??;
         let cmd = command::build(&command::Run {
             config: &self.config,
             limits,
@@ -487,18 +495,18 @@ impl Sandbox {
             slot.uid
         };
         let limits = &job.limits;
-        let mut harness_job = job.to_harness();
-        harness_job["uid"] = uid.into();
-        harness_job["cwd"] = serde_json::json!(cwd);
-        harness_job["tmp_bytes"] = limits.tmp_bytes.into();
-        harness_job["env"] = env.into();
-        harness_job["settings"] = command::settings(limits, slot.cgroup().is_some());
+        let warm_job = serde_json::to_vec(&WarmJob {
+            uid,
+            cwd: &cwd,
+            tmp_bytes: limits.tmp_bytes,
+            env,
+            settings: command::settings(limits, slot.cgroup().is_some()),
+            job: job.to_harness(),
+        })
+        .map_err(|error| zygote::Unavailable(format!("the job: {error}")))?;
         let started = Instant::now();
         let mut forked = zygote
-            .fork(
-                harness_job.to_string().as_bytes(),
-                [stdout_writer, stderr_writer, result_writer],
-            )
+            .fork(&warm_job, [stdout_writer, stderr_writer, result_writer])
             .await?;
         if let Some(cgroup) = slot.cgroup() {
             cgroup.join(forked.pid()).map_err(unavailable)?;
@@ -615,14 +623,7 @@ impl Sandbox {
 
     /// Runs the canary script and records the result for [`Sandbox::health`].
     pub async fn check(&self) -> Result<(), String> {
-        let canary =
-            validate(CANARY.to_owned(), CANARY.len()).map_err(|error| error.to_string())?;
-        let canary = Job::script_only(canary, self.limits.clone());
-        let execution = match self.admit() {
-            Ok(ticket) => self.execute(ticket, &canary).await,
-            Err(error) => Err(error),
-        };
-        let status = match execution {
+        let status = match self.run_own(CANARY).await {
             Ok(Execution {
                 outcome: Outcome::Returned(returned),
                 ..
@@ -635,6 +636,16 @@ impl Sandbox {
         };
         self.record(status.clone());
         status
+    }
+
+    /// Runs one of the service's own scripts (the canary, the package list) as an execution
+    /// like any other, under the configured limits.
+    async fn run_own(&self, source: &str) -> Result<Execution, SandboxError> {
+        let script = validate(source.to_owned(), source.len())
+            .map_err(|error| SandboxError::Unavailable(error.to_string()))?;
+        let ticket = self.admit()?;
+        self.execute(ticket, &Job::script_only(script, self.limits.clone()))
+            .await
     }
 
     fn record(&self, status: Result<(), String>) {
@@ -699,12 +710,11 @@ impl Sandbox {
         let number = self.executions.fetch_add(1, Ordering::Relaxed);
         let dir = parent.join(format!("run-{uid}-{number}"));
         let namespaced = self.profile.namespaced();
-        let harness_job = job.to_harness().to_string();
         let cgroups = self.cgroups.clone();
         let limits = job.limits.clone();
         blocking(move || {
             let started = Instant::now();
-            if let Err(error) = workdir(&dir, namespaced, uid, &harness_job) {
+            if let Err(error) = workdir(&dir, namespaced, uid) {
                 cleanup::remove_or_quarantine(&dir);
                 return Err(error);
             }
@@ -728,6 +738,18 @@ impl Sandbox {
         })
         .await?
     }
+}
+
+/// What the zygote's child reads from its memfd (`zygote.py`): the job, and what it needs to
+/// make itself a jail first.
+#[derive(serde::Serialize)]
+struct WarmJob<'a> {
+    uid: u32,
+    cwd: &'a Path,
+    tmp_bytes: u64,
+    env: serde_json::Map<String, serde_json::Value>,
+    settings: serde_json::Value,
+    job: HarnessJob<'a>,
 }
 
 /// An execution's directory and cgroup, and how long each took to make.
@@ -770,32 +792,14 @@ async fn blocking<T: Send + 'static>(
         })
 }
 
-/// Makes `dir`, the execution's private directory, readable only by root and the slot's gid:
-/// the harness and the script, and (no mount namespace) a `tmp/` only the slot's uid can use.
-fn workdir(dir: &Path, namespaced: bool, uid: u32, job: &str) -> Result<(), SandboxError> {
-    // A full disk is the host's condition, not a fault of ours: 503, and it may pass.
-    let internal = |context| {
-        move |source: io::Error| match source.kind() {
-            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
-                SandboxError::Unavailable(format!(
-                    "no space left for an execution's files in {}",
-                    dir.parent().unwrap_or(dir).display()
-                ))
-            }
-            _ => SandboxError::Internal { context, source },
-        }
-    };
+/// Makes `dir`, the execution's private directory, readable only by root and the slot's gid
+/// (a cold run's harness and job go there), and (no mount namespace) a `tmp/` only the slot's
+/// uid can use.
+fn workdir(dir: &Path, namespaced: bool, uid: u32) -> Result<(), SandboxError> {
+    let internal = |context| move |source| io_error(dir, context, source);
     std::fs::create_dir(dir).map_err(internal("creating the execution directory failed"))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .map_err(internal("setting the execution directory's mode failed"))?;
-    harness::install(dir, job.as_bytes()).map_err(internal("writing the job failed"))?;
-    for file in [harness::HARNESS_FILE, harness::JOB_FILE] {
-        let path = dir.join(file);
-        chown(&path, None, Some(uid))
-            .map_err(internal("handing the script to the slot's gid failed"))?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640))
-            .map_err(internal("setting the script's mode failed"))?;
-    }
     if !namespaced {
         let tmp = dir.join(command::TMP_DIR);
         std::fs::create_dir(&tmp).map_err(internal("creating the execution's tmp failed"))?;
@@ -810,4 +814,35 @@ fn workdir(dir: &Path, namespaced: bool, uid: u32, job: &str) -> Result<(), Sand
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))
         .map_err(internal("setting the execution directory's mode failed"))?;
     Ok(())
+}
+
+/// Writes the harness and the job into a cold execution's directory, readable by root and the
+/// slot's gid only. The warm path needs neither (its job goes in a memfd), so only a cold run
+/// pays for writing the job (and its files) to disk.
+fn install_cold(dir: &Path, uid: u32, job: &[u8]) -> Result<(), SandboxError> {
+    let internal = |context| move |source| io_error(dir, context, source);
+    harness::install(dir, job).map_err(internal("writing the job failed"))?;
+    for file in [harness::HARNESS_FILE, harness::JOB_FILE] {
+        let path = dir.join(file);
+        chown(&path, None, Some(uid))
+            .map_err(internal("handing the job to the slot's gid failed"))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640))
+            .map_err(internal("setting the job's mode failed"))?;
+    }
+    Ok(())
+}
+
+/// A file-system error about an execution's directory `dir`, as the sandbox's: a full disk
+/// is the host's condition, not a fault of ours (503, and it may pass); anything else is
+/// internal.
+fn io_error(dir: &Path, context: &'static str, source: io::Error) -> SandboxError {
+    match source.kind() {
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
+            SandboxError::Unavailable(format!(
+                "no space left for an execution's files in {}",
+                dir.parent().unwrap_or(dir).display()
+            ))
+        }
+        _ => SandboxError::Internal { context, source },
+    }
 }

@@ -11,8 +11,6 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{Outcome, Sandbox};
-use crate::job::Job;
-use crate::validate::validate;
 
 /// Asks `importlib.metadata`, which is what `pip list` reads: every distribution on the jail's
 /// `sys.path`, in path order (so the first of two copies is the one a script imports).
@@ -52,19 +50,10 @@ pub struct Installed {
 /// Runs [`LIST_PACKAGES`] in the jail. A failure is logged and leaves the list empty: the
 /// service still runs scripts, it only cannot say what they can import.
 pub(super) async fn read(sandbox: &Sandbox) -> Installed {
-    let outcome = match validate(LIST_PACKAGES.to_owned(), LIST_PACKAGES.len()) {
-        Ok(script) => match sandbox.admit() {
-            Ok(ticket) => sandbox
-                .execute(ticket, &Job::script_only(script, sandbox.limits.clone()))
-                .await
-                .map(|execution| execution.outcome),
-            Err(error) => Err(error),
-        },
-        Err(error) => {
-            tracing::warn!(%error, "cannot list the sandbox's packages");
-            return Installed::default();
-        }
-    };
+    let outcome = sandbox
+        .run_own(LIST_PACKAGES)
+        .await
+        .map(|execution| execution.outcome);
     let answer = match outcome {
         Ok(Outcome::Returned(returned)) => serde_json::from_str::<Installed>(returned.result.get())
             .map_err(|error| error.to_string()),
@@ -97,7 +86,7 @@ fn tidy(mut installed: Installed) -> Installed {
 
 /// The PEP 503 form of a distribution name: lower case, each run of `-`, `_` and `.` one `-`,
 /// so `python_dateutil`, `Python.Dateutil` and `python-dateutil` are one name.
-fn normalized(name: &str) -> String {
+pub fn normalized(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     for c in name.chars() {
         if matches!(c, '-' | '_' | '.') {

@@ -7,6 +7,7 @@
 )]
 
 pub mod escape_cases;
+pub mod markdown;
 pub mod service;
 
 use std::net::SocketAddr;
