@@ -90,6 +90,28 @@ fi
 # The jail runs as an unprivileged uid: everything it executes must be world-readable.
 chmod -R a+rX "$PYEXEC_HOME"
 
+# --- gVisor's runsc (tests only): the image test runs the image under it ---------------
+# Cloud Run's first generation is gVisor. Debian 13's build (a static binary) is closer to
+# what Cloud Run runs than Debian 12's 2022 one; it is taken from Debian's pool by version and
+# hash and unpacked with dpkg -x, so no Debian 13 package is installed on this Debian 12 host.
+RUNSC_VERSION=0.0~20240729.0-4+b7
+RUNSC_SHA256=3c25a5130dfac2f71237d5baad56ac86a255de87a0400f11b36a555156dc325a
+RUNSC_URL="http://deb.debian.org/debian/pool/main/g/golang-gvisor-gvisor/runsc_${RUNSC_VERSION}_amd64.deb"
+if ! $runtime_only && [ "$(cat "$PYEXEC_HOME/runsc/.pyexec-stamp" 2>/dev/null)" != "$RUNSC_SHA256" ]; then
+  say "installing runsc $RUNSC_VERSION into $PYEXEC_HOME/runsc"
+  [ "$(dpkg --print-architecture)" = amd64 ] || die "the pinned runsc is amd64 only"
+  deb=$(mktemp --suffix=.deb)
+  curl -fsS --retry 3 -o "$deb" "$RUNSC_URL" || die "cannot download $RUNSC_URL"
+  echo "$RUNSC_SHA256  $deb" | sha256sum --check --quiet - || die "runsc's .deb does not match its pinned hash"
+  rm -rf "$PYEXEC_HOME/runsc"
+  mkdir -p "$PYEXEC_HOME/runsc"
+  dpkg -x "$deb" "$PYEXEC_HOME/runsc/root"
+  rm -f "$deb"
+  ln -sfn root/usr/bin/runsc "$PYEXEC_HOME/runsc/runsc"
+  "$PYEXEC_HOME/runsc/runsc" --version >/dev/null || die "$PYEXEC_HOME/runsc/runsc does not run"
+  echo "$RUNSC_SHA256" >"$PYEXEC_HOME/runsc/.pyexec-stamp"
+fi
+
 # --- Rust toolchain (build and test only) ---------------------------------------------
 if ! $runtime_only; then
   export PATH="$HOME/.cargo/bin:$PATH"

@@ -35,7 +35,10 @@ impl AppState {
     fn with(config: Config, sandbox: Sandbox) -> Self {
         Self {
             bodies: Arc::new(BodyBudget::new(&config.server)),
-            metrics: Arc::new(Metrics::new(sandbox.profile().name(), config.sandbox.warm)),
+            metrics: Arc::new(Metrics::new(
+                config.sandbox.profile.name(),
+                config.sandbox.warm,
+            )),
             config: Arc::new(config),
             sandbox: Arc::new(sandbox),
         }

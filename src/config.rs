@@ -186,6 +186,16 @@ impl FromStr for Profile {
     }
 }
 
+impl ProfileChoice {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Strict => "strict",
+            Self::CloudRun => "cloudrun",
+        }
+    }
+}
+
 impl FromStr for ProfileChoice {
     type Err = String;
 

@@ -28,8 +28,6 @@ pub struct Metrics {
     warm_pool: Gauge<i64, std::sync::atomic::AtomicI64>,
     warm_misses: Counter<u64, AtomicU64>,
     start_failures: Counter<u64, AtomicU64>,
-    /// The active profile, a label of every execution.
-    profile: &'static str,
     /// Whether the warm path is configured: a cold execution then counts as a miss.
     warm_configured: bool,
 }
@@ -59,6 +57,8 @@ pub struct ExecutionRecord {
     pub code: &'static str,
     /// `warm`, `cold`, or `none` when no sandbox ran.
     pub path: &'static str,
+    /// The profile it ran in (or would have: the active one, when no sandbox ran).
+    pub profile: &'static str,
     pub queue_wait: Option<Duration>,
     pub sandbox_run: Option<Duration>,
 }
@@ -69,15 +69,16 @@ fn seconds_buckets() -> impl Iterator<Item = f64> {
 }
 
 impl Metrics {
-    /// The metrics of a service running `profile` (and whether its warm path is configured).
+    /// The metrics of a service configured with `profile` (`auto` or one profile; the one
+    /// each execution ran in labels it) and whether its warm path is configured.
     pub fn new(profile: &'static str, warm: bool) -> Self {
         let mut registry = Registry::with_prefix("pyexec");
         registry.register(
             "build",
-            "The service's version, profile and warm-path setting",
+            "The service's version, profile setting and warm-path setting",
             Info::new(vec![
                 ("version", env!("CARGO_PKG_VERSION").to_owned()),
-                ("profile", profile.to_owned()),
+                ("profile_setting", profile.to_owned()),
                 ("warm", warm.to_string()),
             ]),
         );
@@ -91,7 +92,6 @@ impl Metrics {
             warm_pool: Gauge::default(),
             warm_misses: Counter::default(),
             start_failures: Counter::default(),
-            profile,
             warm_configured: warm,
             registry,
         };
@@ -162,7 +162,7 @@ impl Metrics {
         self.executions
             .get_or_create(&ExecutionLabels {
                 code: execution.code.to_owned(),
-                profile: self.profile.to_owned(),
+                profile: execution.profile.to_owned(),
                 path: execution.path.to_owned(),
             })
             .inc();

@@ -416,6 +416,24 @@ pub struct HealthResponse {
     #[schema(value_type = String)]
     pub profile: &'static str,
     pub isolation: Isolation,
+    /// `warm` (executions are forked from a pre-imported zygote) or `cold` (a jail started
+    /// for each).
+    #[schema(value_type = String, example = "warm")]
+    pub path: &'static str,
+    /// Why executions run cold, when they do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cold_reason: Option<String>,
+    /// Stronger profiles that were tried on this host and did not work, with why (empty
+    /// when the strongest works or only one was configured).
+    pub failed_profiles: Vec<FailedProfile>,
+}
+
+/// A profile that did not work on this host.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FailedProfile {
+    #[schema(value_type = String, example = "strict")]
+    pub profile: &'static str,
+    pub reason: String,
 }
 
 /// `GET /`: what this service offers.

@@ -125,7 +125,7 @@ fn check_metrics(metrics: &str) {
         sample(
             metrics,
             "pyexec_build_info",
-            &["version=", profile, "warm=\"true\""]
+            &["version=", "profile_setting=\"auto\"", "warm=\"true\""]
         ),
         1,
         "{metrics}"

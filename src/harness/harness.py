@@ -844,6 +844,7 @@ class Filters:
     must not run the script then."""
 
     PR_SET_NO_NEW_PRIVS = 38
+    PR_GET_NO_NEW_PRIVS = 39
     PR_SET_SECCOMP = 22
     SECCOMP_MODE_FILTER = 2
 
@@ -874,6 +875,46 @@ class Filters:
         for program in self._programs:
             self._prctl(self.PR_SET_SECCOMP, self.SECCOMP_MODE_FILTER, program)
 
+    def confirm_no_new_privs(self):
+        """Asks the kernel, since not every kernel's /proc shows it (gVisor's does not)."""
+        ctypes = self._ctypes
+        zero = ctypes.c_ulong(0)
+        if self._libc.prctl(self.PR_GET_NO_NEW_PRIVS, zero, zero, zero, zero) != 1:
+            raise PermissionError("the jail is not confined: no_new_privs is not set")
+
+
+CAPABILITY_SETS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
+
+
+def confirm_confined(status_text):
+    """Raises unless the process described by `status_text` (its /proc/self/status) is what
+    every jail promises before user code: one unprivileged uid and gid in all four slots, no
+    supplementary group, no capability in any set, a seccomp filter. Checked from what the
+    kernel reports, not from the calls that should have made it so: a kernel that refuses one
+    (gVisor has no ambient set, no NoNewPrivs line) must not leave a gap unnoticed. A set the
+    kernel does not report does not exist there."""
+    fields = {}
+    for line in status_text.splitlines():
+        name, _, value = line.partition(":")
+        fields[name] = value.split()
+    problems = []
+    for name in ("Uid", "Gid"):
+        ids = set(fields.get(name, ()))
+        if len(ids) != 1 or "0" in ids:
+            problems.append(f"{name} {' '.join(fields.get(name, ())) or 'unknown'}")
+    if fields.get("Groups"):
+        problems.append("supplementary groups " + " ".join(fields["Groups"]))
+    for name in CAPABILITY_SETS:
+        value = fields.get(name)
+        if value is not None and int(value[0], 16) != 0:
+            problems.append(f"{name} {value[0]}")
+    if fields.get("Seccomp") != ["2"]:
+        problems.append(f"Seccomp {' '.join(fields.get('Seccomp', ())) or 'unknown'}")
+    if fields.get("NoNewPrivs", ["1"]) != ["1"]:
+        problems.append(f"NoNewPrivs {fields['NoNewPrivs'][0]}")
+    if problems:
+        raise PermissionError("the jail is not confined: " + ", ".join(problems))
+
 
 def enter(settings, filters):
     """Makes this process a harness for one script: its report channel, its limits, its
@@ -891,6 +932,9 @@ def enter(settings, filters):
     # Files the script creates are private to its uid unless it says otherwise.
     os.umask(0o077)
     filters.install()
+    filters.confirm_no_new_privs()
+    with open("/proc/self/status") as status:
+        confirm_confined(status.read())
     reporter.send({"event": "started"})
     return reporter
 

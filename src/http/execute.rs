@@ -39,11 +39,13 @@ pub(super) async fn execute(
         outcome,
         output,
         memory_peak_bytes,
+        profile,
         path,
         queue_wait,
     } = state.sandbox.execute(ticket, &job).await?;
     let usage = Usage {
         path,
+        profile: profile.name(),
         queue_wait,
         sandbox_run: std::time::Duration::from_millis(output.duration_ms),
         memory_peak_bytes,

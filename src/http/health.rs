@@ -6,7 +6,7 @@ use axum::extract::State;
 
 use super::ApiError;
 use crate::app::AppState;
-use crate::protocol::{ErrorBody, HealthResponse, HealthStatus};
+use crate::protocol::{ErrorBody, FailedProfile, HealthResponse, HealthStatus};
 use crate::sandbox::SandboxError;
 
 /// Whether scripts can run, and how strongly they are isolated.
@@ -27,9 +27,20 @@ pub(super) async fn health(
         .health()
         .await
         .map_err(|reason| ApiError::Sandbox(SandboxError::Unavailable(reason)))?;
+    let warm = sandbox.warm_state();
     Ok(Json(HealthResponse {
         status: HealthStatus::Healthy,
         profile: sandbox.profile().name(),
         isolation: sandbox.isolation(),
+        path: if warm.on { "warm" } else { "cold" },
+        cold_reason: warm.reason,
+        failed_profiles: sandbox
+            .failed_profiles()
+            .into_iter()
+            .map(|failure| FailedProfile {
+                profile: failure.profile.name(),
+                reason: failure.reason,
+            })
+            .collect(),
     }))
 }

@@ -25,6 +25,8 @@ pub struct OutcomeCode(pub &'static str);
 pub struct Usage {
     /// `warm` or `cold`.
     pub path: &'static str,
+    /// The profile it ran in.
+    pub profile: &'static str,
     pub queue_wait: Duration,
     pub sandbox_run: Duration,
     /// Where a cgroup measured it.
@@ -76,6 +78,7 @@ pub async fn access_log(State(state): State<AppState>, request: Request, next: N
     let execution = (route == "/execute").then(|| ExecutionRecord {
         code,
         path: usage.map_or("none", |usage| usage.path),
+        profile: usage.map_or_else(|| state.sandbox.profile().name(), |usage| usage.profile),
         queue_wait: usage.map(|usage| usage.queue_wait),
         sandbox_run: usage.map(|usage| usage.sandbox_run),
     });

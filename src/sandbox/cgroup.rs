@@ -9,6 +9,7 @@
 //! and removes a real group with the limits set.
 
 use std::io;
+use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -20,6 +21,14 @@ use crate::config::Limits;
 const ROOT: &str = "/sys/fs/cgroup";
 /// The name of the group all instances' subtrees live in.
 const PARENT: &str = "pyexec";
+/// The proof's group holds at most this much memory ...
+const PROOF_MEMORY_BYTES: u64 = 32 << 20;
+/// ... and its process writes this much.
+const PROOF_WRITES_BYTES: u64 = 128 << 20;
+/// Joins the groups named before `--`, checks that a second process cannot start (the group
+/// allows one), then becomes the command after it, which writes more memory than the group
+/// allows. Exit 3: the process limit did not hold; exit 0: the memory limit did not.
+const PROOF: &str = r#"while [ "$1" != "--" ]; do echo $$ > "$1/cgroup.procs" || exit 125; shift; done; shift; ( : ) 2>/dev/null && exit 3; exec "$@""#;
 
 /// Where per-execution groups are made.
 #[derive(Debug, Clone)]
@@ -51,7 +60,7 @@ impl Cgroups {
     /// its uid block, so it is this instance's alone), removes the groups an earlier holder
     /// left in it, and proves a child group with limits can be made. The error says why not,
     /// for the start-up log.
-    pub fn detect(limits: &Limits, subtree: &str) -> Result<Self, String> {
+    pub fn detect(limits: &Limits, subtree: &str, python: &Path) -> Result<Self, String> {
         let found = if Path::new(ROOT).join("cgroup.controllers").exists() {
             detect_v2(subtree)?
         } else {
@@ -72,7 +81,52 @@ impl Cgroups {
         found
             .create("probe", limits)
             .map_err(|error| format!("cannot create a cgroup with limits: {error}"))?;
+        found.prove_enforced(python)?;
         Ok(found)
+    }
+
+    /// Proves that a group's limits hold, by breaking them: a cgroup file system can accept
+    /// limits it does not enforce (gVisor's memory controller takes `memory.limit_in_bytes`
+    /// and lets a process use far more), and trusting one would leave memory unbounded, the
+    /// address-space rlimit and the watchdog both being off where a cgroup bounds memory.
+    fn prove_enforced(&self, python: &Path) -> Result<(), String> {
+        let limits = Limits {
+            memory_bytes: PROOF_MEMORY_BYTES,
+            processes: 1,
+            ..Limits::default()
+        };
+        let group = self
+            .create("proof", &limits)
+            .map_err(|error| format!("cannot create a cgroup with limits: {error}"))?;
+        let status = std::process::Command::new("/bin/sh")
+            .args(["-c", PROOF, "pyexec-cgroup-proof"])
+            .args(group.dirs())
+            .arg("--")
+            .arg(python)
+            .args(["-I", "-S", "-c", &format!("b'x' * {PROOF_WRITES_BYTES}")])
+            .env_clear()
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map_err(|error| format!("cannot run {}: {error}", python.display()))?;
+        match (status.code(), status.signal()) {
+            (None, Some(signal)) if signal == Signal::KILL.as_raw() => Ok(()),
+            (Some(0), _) => Err(format!(
+                "the cgroup memory limit is not enforced: a process wrote {} MiB in a group \
+                 limited to {} MiB",
+                PROOF_WRITES_BYTES >> 20,
+                PROOF_MEMORY_BYTES >> 20
+            )),
+            (Some(3), _) => Err(
+                "the cgroup process limit is not enforced: a group limited to one process \
+                 started a second"
+                    .to_owned(),
+            ),
+            _ => Err(format!(
+                "proving the cgroup limits failed: the probe ended with {status}"
+            )),
+        }
     }
 
     /// The directories the per-execution groups are made in, one per hierarchy.

@@ -41,6 +41,9 @@ const THREAD_ENV: [&str; 4] = [
 /// Starts its command in a new session (util-linux, in every Debian image).
 pub const SETSID: &str = "/usr/bin/setsid";
 
+/// Changes uid, gid and capability sets, then execs its command (util-linux, as `setsid`).
+const SETPRIV: &str = "/usr/bin/setpriv";
+
 /// Everything that varies between executions.
 #[derive(Debug)]
 pub struct Run<'a> {
@@ -64,12 +67,32 @@ pub struct Run<'a> {
 /// starts in a session of its own (`setsid`, which then execs): the kernel's scheduler shares
 /// the CPU between sessions before processes, so one execution's hundred busy processes cannot
 /// starve another's one; and the session's process group is what the service kills at the end.
+///
+/// Without a user namespace nsjail is started as the slot's uid and never changes it itself:
+/// nsjail running as root sets `SECBIT_NO_SETUID_FIXUP` before it changes uid, which gVisor
+/// (Cloud Run's first generation) refuses, so every execution would fail there. `setpriv`
+/// drops root the plain way (setresgid, no supplementary groups, setresuid), after root has
+/// emptied the bounding and inheritable sets, which an unprivileged nsjail could not.
 pub fn build(run: &Run<'_>) -> Command {
     let mut cmd = Command::new(SETSID);
     if !run.cgroup_dirs.is_empty() {
         cmd.args(["/bin/sh", "-c", JOIN_CGROUPS, "pyexec-join-cgroups"])
             .args(run.cgroup_dirs)
             .arg("--");
+    }
+    if !run.profile.namespaced() {
+        let id = run.uid.to_string();
+        cmd.args([
+            SETPRIV,
+            "--reuid",
+            &id,
+            "--regid",
+            &id,
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--",
+        ]);
     }
     cmd.arg(&run.config.nsjail);
     let dir = &run.config.profile_dir;
@@ -134,24 +157,29 @@ pub struct ZygoteJail<'a> {
 /// Where a namespaced zygote sees its files.
 const ZYGOTE_DIR: &str = "/zygote";
 
-/// The zygote's jail: the profile's config with what a zygote needs on top. It stays up (no
-/// time limit); it keeps its capabilities, which inside its user namespace (strict) let it
-/// build its children's jails, and it never runs user code; its children's uids are mapped
-/// (inside uid `n + 1` is the slot uid `first + n`); `/tmp` and `/sandbox` exist for them to
-/// mount over. The control socket is descriptor 3.
+/// The zygote's jail. Strict: the profile's config with what a zygote needs on top. It stays
+/// up (no time limit); it keeps its capabilities, which inside its user namespace let it build
+/// its children's jails, and it never runs user code; its children's uids are mapped (inside
+/// uid `n + 1` is the slot uid `first + n`); `/tmp` and `/sandbox` exist for them to mount
+/// over. Without namespaces (`cloudrun`) there is no jail to build: nsjail would only exec the
+/// zygote as root with its capabilities, which it needs to give each child its own uid, and
+/// under gVisor nsjail cannot run as root at all (see [`build`]); so the zygote is started
+/// directly, in a session of its own with the same empty environment, and each child drops
+/// root itself before the harness runs. The control socket is descriptor 3.
 pub fn zygote(jail: &ZygoteJail<'_>) -> Command {
     let mut cmd = Command::new(SETSID);
-    cmd.arg(&jail.config.nsjail)
-        .arg("--config")
-        .arg(jail.config.profile_dir.join(jail.profile.config_file()))
-        .args([
-            "--pass_fd",
-            &FDS.result.to_string(),
-            "--time_limit",
-            "0",
-            "--keep_caps",
-        ]);
+    cmd.env_clear();
     let dir = if jail.profile.namespaced() {
+        cmd.arg(&jail.config.nsjail)
+            .arg("--config")
+            .arg(jail.config.profile_dir.join(jail.profile.config_file()))
+            .args([
+                "--pass_fd",
+                &FDS.result.to_string(),
+                "--time_limit",
+                "0",
+                "--keep_caps",
+            ]);
         let own = format!("0:{}:1", jail.uid);
         let slots = format!("1:{}:{}", jail.slot_uids.start, jail.slot_uids.len());
         for ids in [&own, &slots] {
@@ -167,22 +195,20 @@ pub fn zygote(jail: &ZygoteJail<'_>) -> Command {
             "--cwd",
             "/",
         ]);
+        for (name, value) in script_env(jail.profile, Path::new("/")) {
+            let mut pair = OsString::from(format!("{name}="));
+            pair.push(&value);
+            cmd.arg("--env").arg(pair);
+        }
+        cmd.arg("--");
         PathBuf::from(ZYGOTE_DIR)
     } else {
-        cmd.args(["--user", "0", "--group", "0", "--cwd"])
-            .arg(jail.dir);
+        cmd.envs(script_env(jail.profile, Path::new("/")));
         jail.dir.to_owned()
     };
-    for (name, value) in script_env(jail.profile, Path::new("/")) {
-        let mut pair = OsString::from(format!("{name}="));
-        pair.push(&value);
-        cmd.arg("--env").arg(pair);
-    }
-    cmd.arg("--")
-        .arg(&jail.config.python)
+    cmd.arg(&jail.config.python)
         .args(["-I", "-u", "-X", "utf8", "-B"])
         .arg(dir.join("zygote.py"))
-        .env_clear()
         .current_dir(jail.dir);
     cmd
 }

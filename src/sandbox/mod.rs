@@ -14,6 +14,7 @@ mod process;
 mod profile;
 mod seccomp;
 mod slots;
+mod startup;
 mod watchdog;
 mod zygote;
 
@@ -29,6 +30,7 @@ pub use outcome::{Execution, Outcome};
 pub use packages::{Installed, Package, normalized as package_name};
 pub use profile::{Isolation, LimitsBackend};
 pub use slots::Ticket;
+pub use startup::{ProfileFailure, StartError, WarmState};
 
 use crate::config::{Limits, Profile, ProfileChoice, SandboxConfig};
 use crate::harness;
@@ -38,7 +40,9 @@ use block::Block;
 use cgroup::Cgroups;
 use phases::Phases;
 use process::{Caps, Finished};
+use profile::ActiveProfile;
 use slots::{Refused, Slot, Slots};
+use startup::{CANARY, Choice, Health};
 use tokio_util::sync::CancellationToken;
 use zygote::{Warm, Zygote};
 
@@ -49,22 +53,22 @@ const LOG_CAP: usize = 64 * 1024;
 const FRAME_OVERHEAD: usize = 1024 * 1024;
 /// Room in the final frame for one returned file's path, size and encoding.
 const FILE_ENTRY_OVERHEAD: u64 = 2048;
-/// A failed health check is retried at most this often.
-const HEALTH_RETRY: Duration = Duration::from_secs(10);
-/// The canary run at start-up and by the health check: interpreter, harness and jail.
-const CANARY: &str = "def main():\n    return 'ok'\n";
 
 /// Runs scripts; shared by every request.
 #[derive(Debug)]
 pub struct Sandbox {
     config: SandboxConfig,
     limits: Limits,
-    profile: Profile,
+    profile: ActiveProfile,
     cgroups: Option<Cgroups>,
     /// The uids, cgroup subtree and work directory this instance owns; none until started.
     block: Option<Block>,
     slots: Arc<Slots>,
     health: Mutex<Health>,
+    /// One health re-check at a time.
+    rechecking: tokio::sync::Mutex<()>,
+    /// What start-up chose, and why not better.
+    choice: Mutex<Choice>,
     /// Fired when the shutdown grace is over: every running and queued execution stops.
     cancel: CancellationToken,
     /// Numbers execution directories.
@@ -72,15 +76,9 @@ pub struct Sandbox {
     /// The seccomp filters every script gets, compiled once, hex-encoded for the harness.
     seccomp: Vec<String>,
     /// The warm path, where it is on and started.
-    warm: Option<Arc<Warm>>,
-    /// What the sandbox Python has installed, read once at start-up (`packages.rs`).
-    installed: Installed,
-}
-
-#[derive(Debug, Clone)]
-struct Health {
-    status: Result<(), String>,
-    checked: Instant,
+    warm: Mutex<Option<Arc<Warm>>>,
+    /// What the sandbox Python has installed, read once it works (`packages.rs`).
+    installed: Mutex<Arc<Installed>>,
 }
 
 /// The sandbox could not run the script: not the caller's fault.
@@ -113,22 +111,6 @@ impl From<Refused> for SandboxError {
     }
 }
 
-/// The service must not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("cannot take a block of uids for this instance: {0}")]
-    NoBlock(String),
-    #[error(
-        "sandbox.require is `{}` but only the `{}` profile works on this host ({reason}); refusing to start",
-        .required.name(), .available.name()
-    )]
-    ProfileTooWeak {
-        required: Profile,
-        available: Profile,
-        reason: String,
-    },
-}
-
 impl Sandbox {
     /// A sandbox that has probed nothing and run nothing: unhealthy until [`Sandbox::start`].
     /// Enough for what needs no jail (routing, request parsing).
@@ -146,7 +128,7 @@ impl Sandbox {
         Self {
             config,
             limits,
-            profile,
+            profile: ActiveProfile::new(profile),
             cgroups: None,
             block: None,
             slots,
@@ -154,11 +136,13 @@ impl Sandbox {
                 status: Err("the sandbox has not been started".to_owned()),
                 checked: Instant::now(),
             }),
+            rechecking: tokio::sync::Mutex::new(()),
+            choice: Mutex::new(Choice::default()),
             cancel,
             executions: AtomicU64::new(0),
             seccomp: hex_filters(seccomp::Subject::Script),
-            warm: None,
-            installed: Installed::default(),
+            warm: Mutex::new(None),
+            installed: Mutex::new(Arc::default()),
         }
     }
 
@@ -170,106 +154,6 @@ impl Sandbox {
             Duration::from_millis(config.queue_timeout_ms),
             cancel,
         )
-    }
-
-    /// Finds what this host allows (cgroups, then the profile: for `auto`, `strict` if its
-    /// canary runs, else `cloudrun` with a loud warning) and checks the sandbox works. A sandbox
-    /// that does not work at all still starts, unhealthy, so `/health` can say why; one that
-    /// only works below `sandbox.require` does not start.
-    pub async fn start(config: SandboxConfig, limits: Limits) -> Result<Self, StartError> {
-        let mut sandbox = Self::new(config, limits);
-        let (uid_base, work_root) = (sandbox.config.uid_base, sandbox.config.work_root.clone());
-        let (block, quarantined) = blocking(move || {
-            let block = Block::claim(uid_base, &work_root)?;
-            let quarantined = block.sweep_leftovers();
-            Ok::<_, String>((block, quarantined))
-        })
-        .await
-        .map_err(|error| StartError::NoBlock(error.to_string()))?
-        .map_err(StartError::NoBlock)?;
-        sandbox.slots = Self::slots(&sandbox.config, block.uids().start, sandbox.cancel.clone());
-        sandbox.slots.quarantine(quarantined);
-        let subtree = block.name();
-        sandbox.block = Some(block);
-        if sandbox.config.cgroups {
-            let limits = sandbox.limits.clone();
-            sandbox.cgroups = blocking(move || Cgroups::detect(&limits, &subtree))
-                .await
-                .unwrap_or_else(|error| Err(error.to_string()))
-                .inspect_err(|reason| {
-                    tracing::warn!(
-                        reason,
-                        "no writable cgroups: memory and processes are bounded by rlimits only"
-                    );
-                })
-                .ok();
-        }
-        let Err(strict_failure) = sandbox.check().await else {
-            return Ok(sandbox.finish_start().await);
-        };
-        if sandbox.config.profile == ProfileChoice::Auto {
-            sandbox.profile = Profile::CloudRun;
-            if sandbox.check().await.is_ok() {
-                if sandbox.config.require > Profile::CloudRun {
-                    return Err(StartError::ProfileTooWeak {
-                        required: sandbox.config.require,
-                        available: Profile::CloudRun,
-                        reason: strict_failure,
-                    });
-                }
-                tracing::warn!(
-                    reason = strict_failure,
-                    "THE STRICT PROFILE DOES NOT WORK ON THIS HOST: running the weaker `cloudrun` profile \
-                     (no mount, pid or network namespace; see SECURITY.md). Set sandbox.require = \"strict\" \
-                     to refuse to start instead."
-                );
-                return Ok(sandbox.finish_start().await);
-            }
-            // Neither works, so the fault is not the kernel's: stay on the stronger profile.
-            sandbox.profile = Profile::Strict;
-            sandbox.record(Err(strict_failure));
-        }
-        Ok(sandbox.finish_start().await)
-    }
-
-    /// Starts the warm path where it is on and the sandbox works, and logs how it came up.
-    async fn finish_start(mut self) -> Self {
-        let health = self
-            .health
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .status
-            .clone();
-        if health.is_ok()
-            && self.config.warm
-            && let Err(reason) = self.start_warm().await
-        {
-            tracing::warn!(
-                reason,
-                "the warm path did not start: every script runs cold"
-            );
-        }
-        if health.is_ok() {
-            self.installed = packages::read(&self).await;
-        }
-        match health {
-            Ok(()) => {
-                tracing::info!(
-                    profile = self.profile.name(),
-                    limits = ?self.limits_backend(),
-                    warm = self.warm.is_some(),
-                    packages = self.installed.packages.len(),
-                    uids = ?self.slot_uids(),
-                    cgroups = ?self.cgroup_parents(),
-                    "sandbox ready"
-                );
-            }
-            Err(reason) => tracing::error!(
-                reason,
-                "sandbox unavailable: /health answers 503 until it works"
-            ),
-        }
-        self
     }
 
     /// Refuses new executions: the service is shutting down. Those already queued keep their
@@ -295,7 +179,7 @@ impl Sandbox {
 
     /// Whether executions run on the warm path now.
     pub fn is_warm(&self) -> bool {
-        self.warm().is_some()
+        self.zygote(self.profile()).is_some()
     }
 
     /// The uids this instance's executions run as.
@@ -308,8 +192,9 @@ impl Sandbox {
         self.block.as_ref().map(Block::work_dir)
     }
 
+    /// The profile executions start in now.
     pub fn profile(&self) -> Profile {
-        self.profile
+        self.profile.get()
     }
 
     fn limits_backend(&self) -> LimitsBackend {
@@ -327,14 +212,19 @@ impl Sandbox {
             .unwrap_or_default()
     }
 
-    /// The sandbox Python's version and packages, as read at start-up; empty if it never ran.
-    pub fn installed(&self) -> &Installed {
-        &self.installed
+    /// The sandbox Python's version and packages, as read once it worked; empty until then.
+    pub fn installed(&self) -> Arc<Installed> {
+        Arc::clone(
+            &self
+                .installed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
     }
 
     /// What the active profile guarantees on this host.
     pub fn isolation(&self) -> Isolation {
-        self.profile.isolation(self.limits_backend())
+        self.profile().isolation(self.limits_backend())
     }
 
     /// A place for one execution, if the running and waiting ones leave room; never waits.
@@ -354,8 +244,9 @@ impl Sandbox {
             queue: begun.elapsed(),
             ..Phases::default()
         };
-        slot.sweep_files = !self.profile.namespaced();
-        let prepared = self.prepare(slot.uid, job).await?;
+        let profile = self.profile();
+        slot.sweep_files = !profile.namespaced();
+        let prepared = self.prepare(profile, slot.uid, job).await?;
         (phases.workdir, phases.cgroup) = (prepared.workdir_took, prepared.cgroup_took);
         let workdir = prepared.workdir;
         // From here the slot owns both: on every path its sweep removes them with the rest.
@@ -363,24 +254,24 @@ impl Sandbox {
         // Without a cgroup, memory is bounded per process only: watch the execution as a whole.
         let watchdog = self.cgroups.is_none().then(|| {
             let mut dirs = Vec::new();
-            if !self.profile.namespaced() {
+            if !profile.namespaced() {
                 dirs.push(workdir.join(command::TMP_DIR));
                 dirs.extend(cleanup::SHARED_TMP.iter().map(PathBuf::from));
             }
             watchdog::Watchdog::start(slot.uid, dirs, job.limits.memory_bytes)
         });
-        let warm = match self.warm() {
-            Some(zygote) => self.run_warm(&zygote, &slot, &workdir, job).await,
+        let warm = match self.zygote(profile) {
+            Some(zygote) => self.run_warm(profile, &zygote, &slot, &workdir, job).await,
             None => Err(zygote::Unavailable("the warm path is off".to_owned())),
         };
         let (finished, path) = match warm {
             Ok(finished) => (finished, "warm"),
             Err(unavailable) => {
-                if let Some(warm) = &self.warm {
+                if let Some(warm) = self.warm_path() {
                     tracing::debug!(reason = %unavailable, "running cold");
                     warm.restart();
                 }
-                (self.run_cold(&slot, &workdir, job).await?, "cold")
+                (self.run_cold(profile, &slot, &workdir, job).await?, "cold")
             }
         };
         phases.set_run(
@@ -398,14 +289,14 @@ impl Sandbox {
         // A namespaced jail leaves nothing any other execution could see: its sweep can follow
         // the answer. Without namespaces, what it left in the shared temp directories must be
         // gone before anyone learns it ended.
-        if self.profile.namespaced() {
+        if profile.namespaced() {
             slot.release_later(phases, path);
         } else {
             slot.release_now(phases, path).await;
         }
         let outcome = outcome::classify(
             &finished,
-            self.profile,
+            profile,
             usage.oom_killed || over_memory,
             &job.limits,
         )?;
@@ -413,6 +304,7 @@ impl Sandbox {
             outcome,
             output: outcome::output(finished),
             memory_peak_bytes: usage.memory_peak_bytes,
+            profile,
             path,
             queue_wait: phases.queue,
         })
@@ -436,6 +328,7 @@ impl Sandbox {
     /// A cold jail: nsjail with the harness, started for this execution alone.
     async fn run_cold(
         &self,
+        profile: Profile,
         slot: &Slot,
         workdir: &Path,
         job: &Job,
@@ -451,7 +344,7 @@ impl Sandbox {
         let cmd = command::build(&command::Run {
             config: &self.config,
             limits,
-            profile: self.profile,
+            profile,
             workdir,
             uid: slot.uid,
             cgroup_dirs: slot.cgroup().map(cgroup::Cgroup::dirs).unwrap_or_default(),
@@ -474,6 +367,7 @@ impl Sandbox {
     /// the zygote could not give one (the execution then goes cold).
     async fn run_warm(
         &self,
+        profile: Profile,
         zygote: &Zygote,
         slot: &Slot,
         workdir: &Path,
@@ -483,13 +377,12 @@ impl Sandbox {
         let (stdout, stdout_writer) = process::pipe().map_err(unavailable)?;
         let (stderr, stderr_writer) = process::pipe().map_err(unavailable)?;
         let (result, result_writer) = process::pipe().map_err(unavailable)?;
-        let (cwd, _) = command::jail_paths(self.profile, workdir);
-        let env: serde_json::Map<String, serde_json::Value> =
-            command::script_env(self.profile, workdir)
-                .into_iter()
-                .map(|(name, value)| (name.to_owned(), value.to_string_lossy().into()))
-                .collect();
-        let uid = if self.profile.namespaced() {
+        let (cwd, _) = command::jail_paths(profile, workdir);
+        let env: serde_json::Map<String, serde_json::Value> = command::script_env(profile, workdir)
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value.to_string_lossy().into()))
+            .collect();
+        let uid = if profile.namespaced() {
             slot.uid - self.slots.uids().start + 1
         } else {
             slot.uid
@@ -530,49 +423,19 @@ impl Sandbox {
         .map_err(unavailable)
     }
 
-    /// The zygote, if the warm path is on and it runs.
-    fn warm(&self) -> Option<Arc<Zygote>> {
-        self.warm.as_ref().and_then(|warm| warm.zygote())
+    /// The zygote for executions in `profile`, if the warm path is on and it runs.
+    fn zygote(&self, profile: Profile) -> Option<Arc<Zygote>> {
+        self.warm_path()
+            .filter(|warm| warm.profile() == profile)
+            .and_then(|warm| warm.zygote())
     }
 
-    /// Starts the warm path and proves it with the canary; it stays off if either fails (and
-    /// the caller says why).
-    async fn start_warm(&mut self) -> Result<(), String> {
-        let Some(block) = &self.block else {
-            return Err("the sandbox has not been started".to_owned());
-        };
-        let dir = block.work_dir().join("zygote");
-        let install = dir.clone();
-        blocking(move || harness::install_zygote(&install))
-            .await
-            .map_err(|error| error.to_string())?
-            .map_err(|error| format!("cannot write the zygote: {error}"))?;
-        let init = serde_json::json!({
-            "namespaces": self.profile.namespaced(),
-            "preload": self.config.preload,
-            "seccomp": {
-                "zygote": hex_filters(seccomp::Subject::Zygote),
-                "script": self.seccomp,
-            },
-        });
-        let warm = Arc::new(Warm::new(
-            self.config.clone(),
-            self.profile,
-            dir,
-            block.uids().end - 1,
-            self.slots.uids(),
-            init,
-        ));
-        warm.start().await?;
-        self.warm = Some(warm);
-        match self.check().await {
-            Ok(()) => Ok(()),
-            Err(reason) => {
-                self.warm = None;
-                self.record(Ok(()));
-                Err(format!("the canary failed on the warm path: {reason}"))
-            }
-        }
+    /// The warm path, once started.
+    fn warm_path(&self) -> Option<Arc<Warm>> {
+        self.warm
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The benchmark's baseline: a cold jail with exactly an execution's flags, slot, directory
@@ -580,17 +443,22 @@ impl Sandbox {
     /// long the jail took, from spawn to exit; an error if it did not exit 0.
     pub async fn baseline(&self, python_args: &[&str]) -> Result<Duration, SandboxError> {
         let mut slot = self.admit()?.acquire().await?;
+        let profile = self.profile();
         let nothing = validate(CANARY.to_owned(), CANARY.len())
             .map_err(|error| SandboxError::Unavailable(error.to_string()))?;
         let prepared = self
-            .prepare(slot.uid, &Job::script_only(nothing, self.limits.clone()))
+            .prepare(
+                profile,
+                slot.uid,
+                &Job::script_only(nothing, self.limits.clone()),
+            )
             .await?;
         let workdir = prepared.workdir;
         slot.hold(workdir.clone(), prepared.cgroup);
         let cmd = command::build(&command::Run {
             config: &self.config,
             limits: &self.limits,
-            profile: self.profile,
+            profile,
             workdir: &workdir,
             uid: slot.uid,
             cgroup_dirs: slot.cgroup().map(cgroup::Cgroup::dirs).unwrap_or_default(),
@@ -621,23 +489,6 @@ impl Sandbox {
         }
     }
 
-    /// Runs the canary script and records the result for [`Sandbox::health`].
-    pub async fn check(&self) -> Result<(), String> {
-        let status = match self.run_own(CANARY).await {
-            Ok(Execution {
-                outcome: Outcome::Returned(returned),
-                ..
-            }) if returned.result.get() == "\"ok\"" => Ok(()),
-            Ok(execution) => Err(format!(
-                "the canary script did not return \"ok\": {execution:?}"
-            )),
-            Err(SandboxError::Unavailable(reason)) => Err(reason),
-            Err(error) => Err(error.to_string()),
-        };
-        self.record(status.clone());
-        status
-    }
-
     /// Runs one of the service's own scripts (the canary, the package list) as an execution
     /// like any other, under the configured limits.
     async fn run_own(&self, source: &str) -> Result<Execution, SandboxError> {
@@ -646,43 +497,6 @@ impl Sandbox {
         let ticket = self.admit()?;
         self.execute(ticket, &Job::script_only(script, self.limits.clone()))
             .await
-    }
-
-    fn record(&self, status: Result<(), String>) {
-        *self.health.lock().unwrap_or_else(PoisonError::into_inner) = Health {
-            status,
-            checked: Instant::now(),
-        };
-    }
-
-    /// Whether scripts can run: the last canary's result, plus a cheap check that nsjail, the
-    /// interpreter and the profile are still there. A failure is re-checked at most every 10 s.
-    pub async fn health(&self) -> Result<(), String> {
-        let last = self
-            .health
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        match last.status {
-            Ok(()) => self.files_present(),
-            Err(_) if last.checked.elapsed() >= HEALTH_RETRY => self.check().await,
-            Err(reason) => Err(reason),
-        }
-    }
-
-    fn files_present(&self) -> Result<(), String> {
-        let profile = self.config.profile_dir.join(self.profile.config_file());
-        let files = [
-            ("nsjail", &self.config.nsjail),
-            ("the sandbox Python", &self.config.python),
-            ("the jail profile", &profile),
-        ];
-        for (what, path) in files {
-            if !path.is_file() {
-                return Err(format!("{what} is missing at {}", path.display()));
-            }
-        }
-        Ok(())
     }
 
     fn spawn_error(&self, source: io::Error) -> SandboxError {
@@ -702,14 +516,19 @@ impl Sandbox {
 
     /// The execution's private directory and, where cgroups are writable, its cgroup: made on
     /// the blocking pool, since both are file-system work.
-    async fn prepare(&self, uid: u32, job: &Job) -> Result<Prepared, SandboxError> {
+    async fn prepare(
+        &self,
+        profile: Profile,
+        uid: u32,
+        job: &Job,
+    ) -> Result<Prepared, SandboxError> {
         let parent = self.block.as_ref().map_or_else(
             || self.config.work_root.clone(),
             |block| block.work_dir().to_owned(),
         );
         let number = self.executions.fetch_add(1, Ordering::Relaxed);
         let dir = parent.join(format!("run-{uid}-{number}"));
-        let namespaced = self.profile.namespaced();
+        let namespaced = profile.namespaced();
         let cgroups = self.cgroups.clone();
         let limits = job.limits.clone();
         blocking(move || {

@@ -22,6 +22,8 @@ pub struct Execution {
     pub output: ScriptOutput,
     /// The most memory the execution's cgroup held, where there was one.
     pub memory_peak_bytes: Option<u64>,
+    /// The profile it ran in.
+    pub profile: crate::config::Profile,
     /// Which way it ran: `warm` (a child of the zygote) or `cold` (a jail of its own).
     pub path: &'static str,
     /// How long it waited for a slot.

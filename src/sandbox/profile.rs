@@ -3,6 +3,8 @@
 //! is in `nsjail/<name>.cfg`; this is what the service must know about it to build a command,
 //! read an exit status and tell callers how strongly their scripts are isolated.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -30,6 +32,29 @@ pub struct Isolation {
     pub guarantees: Vec<&'static str>,
     #[schema(value_type = Vec<String>)]
     pub not_isolated: Vec<&'static str>,
+}
+
+/// The profile executions start in now: chosen at start-up, and again by a health check
+/// while nothing works. An execution reads it once and keeps it to its end.
+#[derive(Debug)]
+pub struct ActiveProfile(AtomicBool);
+
+impl ActiveProfile {
+    pub fn new(profile: Profile) -> Self {
+        Self(AtomicBool::new(profile == Profile::Strict))
+    }
+
+    pub fn get(&self) -> Profile {
+        if self.0.load(Ordering::SeqCst) {
+            Profile::Strict
+        } else {
+            Profile::CloudRun
+        }
+    }
+
+    pub fn set(&self, profile: Profile) {
+        self.0.store(profile == Profile::Strict, Ordering::SeqCst);
+    }
 }
 
 impl Profile {

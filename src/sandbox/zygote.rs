@@ -88,6 +88,11 @@ impl Warm {
         }
     }
 
+    /// The profile its zygote's children run in.
+    pub fn profile(&self) -> Profile {
+        self.profile
+    }
+
     /// The zygote, while it runs.
     pub fn zygote(&self) -> Option<Arc<Zygote>> {
         let zygote = self.zygote.lock().unwrap_or_else(PoisonError::into_inner);

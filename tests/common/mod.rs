@@ -52,6 +52,10 @@ pub fn test_config(work_root: &Path) -> Config {
     config
 }
 
+/// What an instance keeps in its work directory for as long as it runs: the warm path's
+/// files and the jail profiles.
+pub const INSTANCE_FILES: [&str; 2] = ["zygote", "profiles"];
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
@@ -148,12 +152,13 @@ impl TestApp {
         self.leftovers()
     }
 
-    /// Names left in the app's work directory now (but the warm path's own files).
+    /// Names left in the app's work directory now (but the instance's own: the warm path's
+    /// files and the jail profiles).
     pub fn leftovers(&self) -> Vec<String> {
         std::fs::read_dir(&self.work_dir)
             .unwrap()
             .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|name| name != "zygote")
+            .filter(|name| !INSTANCE_FILES.contains(&name.as_str()))
             .collect()
     }
 

@@ -172,12 +172,14 @@ impl Service {
             .count()
     }
 
-    /// Execution directories left in the instance's own directory (not the warm path's).
+    /// Execution directories left in the instance's own directory (not the instance's files).
     pub fn temp_dirs(&self) -> usize {
         std::fs::read_dir(self.work_root.join(format!("pyexec-{}", self.uids.start)))
             .unwrap()
             .flatten()
-            .filter(|entry| entry.file_name() != "zygote")
+            .filter(|entry| {
+                !super::INSTANCE_FILES.contains(&entry.file_name().to_string_lossy().as_ref())
+            })
             .count()
     }
 
