@@ -9,8 +9,10 @@
 #   * the sandbox Python: a venv made from Debian's /usr/bin/python3 at $PYEXEC_HOME/sandbox
 #     with numpy and pandas (config/sandbox-requirements.txt, by hash), world-readable so the
 #     jail's unprivileged uid can run it;
-#   * unless --runtime, the test tools (schemathesis, hadolint; config/tools-requirements.txt, by hash)
-#     at $PYEXEC_HOME/tools, and a Rust toolchain (rustup) when no cargo is found.
+#   * unless --runtime, the test tools (schemathesis, hadolint, kubernetes-validate;
+#     config/tools-requirements.txt, by hash) at $PYEXEC_HOME/tools, gVisor's runsc (Debian 13's
+#     static build, by version and hash) at $PYEXEC_HOME/runsc, and a Rust toolchain (rustup)
+#     when no cargo is found.
 # Idempotent: each step checks first and does nothing when its result is already in place,
 # so a second run takes about 0.9 s (most of it importing numpy and pandas to check them).
 # Used by `make run`, `make test`, .ci/run and the Dockerfile, so what is tested is what ships.
@@ -83,9 +85,11 @@ ln -sfn "$PYEXEC_HOME/nsjail-venv/lib/python3.11/site-packages/nsjail/bin/nsjail
 install_venv "$PYEXEC_HOME/sandbox" "$here/config/sandbox-requirements.txt" \
   "$PYEXEC_HOME/sandbox/bin/python" -c 'import numpy, pandas'
 if ! $runtime_only; then
-  # The contract test's fuzzer and the Dockerfile linter; never in the runtime image.
+  # The contract test's fuzzer, the Dockerfile linter and the Kubernetes schema check
+  # (tests/deploy.rs); never in the runtime image.
   install_venv "$PYEXEC_HOME/tools" "$here/config/tools-requirements.txt" \
-    sh -c "'$PYEXEC_HOME/tools/bin/schemathesis' --version && '$PYEXEC_HOME/tools/bin/hadolint' --version"
+    sh -c "'$PYEXEC_HOME/tools/bin/schemathesis' --version && '$PYEXEC_HOME/tools/bin/hadolint' --version \
+      && '$PYEXEC_HOME/tools/bin/kubernetes-validate' --version"
 fi
 # The jail runs as an unprivileged uid: everything it executes must be world-readable.
 chmod -R a+rX "$PYEXEC_HOME"

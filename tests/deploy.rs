@@ -8,7 +8,11 @@
 //!
 //! It needs neither kubectl nor a cluster: the Kubernetes manifests are read as kustomize
 //! would assemble them (the base's `resources`, and the unprivileged component's JSON patch
-//! applied to the Deployment), and the Cloud Run service is one file.
+//! applied to the Deployment), and the Cloud Run service is one file. Every Kubernetes object
+//! as kustomize would apply it, in both variants, is also checked against the Kubernetes API's
+//! own schemas, offline, by kubernetes-validate (pinned in config/tools-requirements.txt, which
+//! ships them). The Cloud Run service gets no such check: no package ships a schema of
+//! Knative's `serving.knative.dev/v1` Service that it could be checked against strictly.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -60,6 +64,12 @@ const UNPRIVILEGED_CAPABILITIES: [&str; 8] = [
     "SETPCAP",
     "SYS_PTRACE",
 ];
+
+/// The Kubernetes API checker, installed by scripts/setup.sh with the other test tools.
+const KUBERNETES_VALIDATE: &str = "/opt/pyexec/tools/bin/kubernetes-validate";
+/// The Kubernetes release whose API schemas the manifests are checked against: the newest that
+/// the pinned kubernetes-validate ships.
+const KUBERNETES_VERSION: &str = "1.37.0";
 
 // Cloud Run (and Knative).
 
@@ -238,6 +248,68 @@ async fn the_unprivileged_component_matches_the_code() {
     );
 }
 
+/// Every file in deploy/kubernetes is one that kustomize reads, a resource of the base or a
+/// patch of its component, so the checks here (the API schemas' included) see every manifest.
+#[test]
+fn kustomize_reads_every_kubernetes_manifest() {
+    let mut directories = vec![PathBuf::from("deploy/kubernetes")];
+    let mut unread = Vec::new();
+    while let Some(directory) = directories.pop() {
+        let kustomization = yaml(directory.join("kustomization.yaml"));
+        let resources = kustomization["resources"].as_array().into_iter().flatten();
+        let patches = kustomization["patches"].as_array().into_iter().flatten();
+        let read: Vec<&str> = resources
+            .chain(patches.map(|patch| &patch["path"]))
+            .map(|file| file.as_str().unwrap())
+            .collect();
+        for entry in std::fs::read_dir(repo(&directory)).unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.file_name().into_string().unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                // A component: it has a kustomization of its own.
+                directories.push(directory.join(name));
+            } else if name != "kustomization.yaml" && !read.contains(&name.as_str()) {
+                unread.push(directory.join(name));
+            }
+        }
+    }
+    assert!(
+        unread.is_empty(),
+        "{unread:?}: no kustomization lists these, so neither kustomize nor this file reads them"
+    );
+}
+
+/// The schema check of `Cluster::check` fails where the API server would refuse: an unknown
+/// field (strict mode), at the top or deep in the pod template, a value of the wrong type, and
+/// a kind it has no schema for (which the tool itself only warns about).
+#[test]
+fn the_api_schema_check_fails_on_what_the_api_refuses() {
+    let cluster = Cluster::load();
+    let deployment = cluster.deployment();
+    api_schema_check(std::slice::from_ref(deployment)).unwrap();
+
+    let mut misspelt = deployment.clone();
+    misspelt["spec"]["replicaz"] = json!(2);
+    let mut deep = deployment.clone();
+    deep["spec"]["template"]["spec"]["containers"][0]["securityContext"]["privilegd"] = json!(true);
+    let mut mistyped = deployment.clone();
+    mistyped["spec"]["revisionHistoryLimit"] = json!("five");
+    let knative = yaml("deploy/cloudrun/service.yaml");
+    for (object, expected) in [
+        (misspelt, "'replicaz' was unexpected"),
+        (deep, "'privilegd' was unexpected"),
+        (mistyped, "'five' is not of type 'integer'"),
+        (
+            knative,
+            "Couldn't find schema for kind Service with api version serving.knative.dev/v1",
+        ),
+    ] {
+        let report =
+            api_schema_check(&[object]).expect_err(&format!("the check must fail with {expected}"));
+        assert!(report.contains(expected), "{expected}, not:\n{report}");
+    }
+}
+
 /// The Kubernetes objects `kubectl apply -k deploy/kubernetes` creates, as kustomize assembles
 /// them (the namespace and image transformers aside).
 struct Cluster {
@@ -396,6 +468,9 @@ impl Cluster {
 
         self.check_security(&config);
         self.check_others(port, labels);
+        if let Err(report) = api_schema_check(&self.objects) {
+            panic!("the Kubernetes API would refuse these manifests:\n{report}");
+        }
     }
 
     /// What the container may do, against what the configuration needs.
@@ -592,6 +667,51 @@ async fn assert_serves_metrics(path: &str) {
     );
     let text = response.into_body().collect().await.unwrap().to_bytes();
     assert!(text.ends_with(b"# EOF\n"), "a whole exposition");
+}
+
+/// Checks `objects` against the Kubernetes API's schemas for [`KUBERNETES_VERSION`] with
+/// kubernetes-validate, offline. Strict: a field the API does not have fails, as a value of the
+/// wrong type does. So does an object whose kind has no schema there, which the tool only warns
+/// about (exiting 0): each object must pass. Errs with the tool's report.
+fn api_schema_check(objects: &[Value]) -> Result<(), String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(KUBERNETES_VALIDATE)
+        .args(["--kubernetes-version", KUBERNETES_VERSION, "--strict", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|error| {
+            panic!("{KUBERNETES_VALIDATE}: {error} (scripts/setup.sh installs it)")
+        });
+    // One YAML document per object, each written as JSON (which YAML reads as it is).
+    let documents: Vec<String> = objects.iter().map(Value::to_string).collect();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(documents.join("\n---\n").as_bytes())
+        .unwrap();
+    drop(stdin);
+    let output = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let version = KUBERNETES_VERSION.rsplit_once('.').unwrap().0;
+    let passed = |line: &str| {
+        line.starts_with("INFO - passed for resource ")
+            && line.ends_with(&format!(" against version {version}"))
+    };
+    let lines: Vec<&str> = report.lines().collect();
+    if output.status.success()
+        && lines.len() == objects.len()
+        && lines.iter().all(|line| passed(line))
+    {
+        Ok(())
+    } else {
+        Err(report)
+    }
 }
 
 // Reading the manifests.
