@@ -21,14 +21,14 @@ use crate::config::Limits;
 const ROOT: &str = "/sys/fs/cgroup";
 /// The name of the group all instances' subtrees live in.
 const PARENT: &str = "pyexec";
-/// The proof's group holds at most this much memory ...
+/// The memory proof's group holds at most this much ...
 const PROOF_MEMORY_BYTES: u64 = 32 << 20;
 /// ... and its process writes this much.
 const PROOF_WRITES_BYTES: u64 = 128 << 20;
-/// Joins the groups named before `--`, checks that a second process cannot start (the group
-/// allows one), then becomes the command after it, which writes more memory than the group
-/// allows. Exit 3: the process limit did not hold; exit 0: the memory limit did not.
-const PROOF: &str = r#"while [ "$1" != "--" ]; do echo $$ > "$1/cgroup.procs" || exit 125; shift; done; shift; ( : ) 2>/dev/null && exit 3; exec "$@""#;
+/// Joins the groups named before `--`, then runs the check after it: in a group limited to
+/// one process, a second must not start (the shell exits 2 when it cannot fork, 3 when it
+/// could); in a group limited in memory, the command writing more than that must be killed.
+const PROOF: &str = r#"while [ "$1" != "--" ]; do echo $$ > "$1/cgroup.procs" || exit 125; shift; done; shift; if [ "$1" = fork ]; then ( : ) 2>/dev/null; exit 3; fi; exec "$@""#;
 
 /// Where per-execution groups are made.
 #[derive(Debug, Clone)]
@@ -90,43 +90,67 @@ impl Cgroups {
     /// and lets a process use far more), and trusting one would leave memory unbounded, the
     /// address-space rlimit and the watchdog both being off where a cgroup bounds memory.
     fn prove_enforced(&self, python: &Path) -> Result<(), String> {
-        let limits = Limits {
+        let memory = Limits {
             memory_bytes: PROOF_MEMORY_BYTES,
+            ..Limits::default()
+        };
+        let write = format!("b'x' * {PROOF_WRITES_BYTES}");
+        let python = python.as_os_str();
+        let status = self.try_in(
+            "proof-memory",
+            &memory,
+            &[
+                python,
+                "-I".as_ref(),
+                "-S".as_ref(),
+                "-c".as_ref(),
+                write.as_ref(),
+            ],
+        )?;
+        if status.signal() != Some(Signal::KILL.as_raw()) {
+            return Err(format!(
+                "the cgroup memory limit is not enforced: a process wrote {} MiB in a group \
+                 limited to {} MiB ({status})",
+                PROOF_WRITES_BYTES >> 20,
+                PROOF_MEMORY_BYTES >> 20
+            ));
+        }
+        let processes = Limits {
             processes: 1,
             ..Limits::default()
         };
+        // The shell exits 2 when it cannot fork, 3 when it could.
+        let status = self.try_in("proof-processes", &processes, &["fork".as_ref()])?;
+        if status.code() != Some(2) {
+            return Err(format!(
+                "the cgroup process limit is not enforced: a group limited to one process \
+                 started a second ({status})"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Runs `PROOF` with `check` in a fresh group `name` with `limits`; how it ended.
+    fn try_in(
+        &self,
+        name: &str,
+        limits: &Limits,
+        check: &[&std::ffi::OsStr],
+    ) -> Result<std::process::ExitStatus, String> {
         let group = self
-            .create("proof", &limits)
+            .create(name, limits)
             .map_err(|error| format!("cannot create a cgroup with limits: {error}"))?;
-        let status = std::process::Command::new("/bin/sh")
+        std::process::Command::new("/bin/sh")
             .args(["-c", PROOF, "pyexec-cgroup-proof"])
             .args(group.dirs())
             .arg("--")
-            .arg(python)
-            .args(["-I", "-S", "-c", &format!("b'x' * {PROOF_WRITES_BYTES}")])
+            .args(check)
             .env_clear()
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .status()
-            .map_err(|error| format!("cannot run {}: {error}", python.display()))?;
-        match (status.code(), status.signal()) {
-            (None, Some(signal)) if signal == Signal::KILL.as_raw() => Ok(()),
-            (Some(0), _) => Err(format!(
-                "the cgroup memory limit is not enforced: a process wrote {} MiB in a group \
-                 limited to {} MiB",
-                PROOF_WRITES_BYTES >> 20,
-                PROOF_MEMORY_BYTES >> 20
-            )),
-            (Some(3), _) => Err(
-                "the cgroup process limit is not enforced: a group limited to one process \
-                 started a second"
-                    .to_owned(),
-            ),
-            _ => Err(format!(
-                "proving the cgroup limits failed: the probe ended with {status}"
-            )),
-        }
+            .map_err(|error| format!("cannot run the cgroup proof: {error}"))
     }
 
     /// The directories the per-execution groups are made in, one per hierarchy.
