@@ -225,6 +225,16 @@ async fn health_reports_the_profile_and_limits_the_sandbox_found() {
         body["isolation"],
         serde_json::to_value(&app.isolation).unwrap()
     );
+    assert_eq!(
+        (&body["path"], body.get("cold_reason")),
+        (&json!("warm"), None),
+        "{body}"
+    );
+    assert_eq!(
+        body["failed_profiles"],
+        json!([]),
+        "strict works here: {body}"
+    );
     // The limits backend is the cgroup version this host mounts, where the service could
     // write one, else rlimits.
     let expected = match (app.cgroup_parents.is_empty(), app.isolation.limits) {

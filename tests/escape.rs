@@ -233,6 +233,25 @@ fn security_md_states_every_case_with_its_outcomes() {
     );
 }
 
+/// SECURITY.md's table of what differs under gVisor states exactly the outcomes the image
+/// test expects there, with the reason.
+#[test]
+fn security_md_states_what_differs_under_gvisor() {
+    let security =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/SECURITY.md")).unwrap();
+    let table: Vec<&str> = security
+        .lines()
+        .skip_while(|line| !line.starts_with("| case | under gVisor | why |"))
+        .skip(2)
+        .take_while(|line| line.starts_with('|'))
+        .collect();
+    let expected: Vec<String> = common::escape_cases::GVISOR_DIFFERS
+        .iter()
+        .map(|(name, outcome, why)| format!("| `{name}` | {outcome} | {why} |"))
+        .collect();
+    assert_eq!(table, expected, "SECURITY.md's gVisor table");
+}
+
 /// Every proof SECURITY.md's guarantee table names exists: an escape case, or a test function
 /// in the file it names (`tests/data.rs` `name`, `src/harness/test_harness.py`
 /// `Class.test_name`), so no claim points at a test that is gone.

@@ -1,5 +1,6 @@
 //! Choosing the profile at start-up, with the real nsjail: `auto` takes `strict` where it
-//! works, falls back to `cloudrun` where it does not, and `sandbox.require` fails closed.
+//! works, falls back to `cloudrun` where it does not (saying why), tries both again while
+//! neither works, and `sandbox.require` fails closed.
 #![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
 
 mod common;
@@ -57,6 +58,14 @@ async fn auto_falls_back_to_cloudrun_when_strict_does_not_work() {
         !state.sandbox.isolation().not_isolated.is_empty(),
         "cloudrun says what it does not isolate"
     );
+    let failed = state.sandbox.failed_profiles();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].profile, Profile::Strict);
+    assert!(failed[0].reason.contains("strict.cfg"), "{failed:?}");
+    assert!(
+        state.sandbox.warm_state().on,
+        "the warm path runs on cloudrun too"
+    );
 }
 
 #[tokio::test]
@@ -69,14 +78,63 @@ async fn requiring_strict_refuses_to_start_rather_than_degrade() {
 }
 
 #[tokio::test]
-async fn a_sandbox_that_does_not_work_at_all_starts_unhealthy_on_the_stronger_profile() {
+async fn a_sandbox_that_does_not_work_at_all_starts_unhealthy_with_every_reason() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config_with(dir.path(), ProfileChoice::Auto, Profile::CloudRun);
     config.sandbox.python = "/nonexistent/python3".into();
     let state = AppState::start(config).await.unwrap();
     assert_eq!(state.sandbox.profile(), Profile::Strict);
     let reason = state.sandbox.health().await.unwrap_err();
-    assert!(reason.contains("/nonexistent/python3"), "{reason}");
+    assert!(
+        reason.starts_with("strict: ") && reason.contains("; cloudrun: "),
+        "{reason}"
+    );
+    assert_eq!(
+        reason.matches("/nonexistent/python3").count(),
+        2,
+        "{reason}"
+    );
+    let failed: Vec<Profile> = state
+        .sandbox
+        .failed_profiles()
+        .iter()
+        .map(|failure| failure.profile)
+        .collect();
+    assert_eq!(failed, [Profile::Strict, Profile::CloudRun]);
+}
+
+/// Neither works at start (strict is broken, cloudrun's profile is missing); once cloudrun's
+/// profile is back, the next health check (10 s later) finds it and the warm path starts:
+/// the stronger profile failing first never leaves a working one unused.
+#[tokio::test]
+async fn a_profile_that_starts_working_later_is_taken_by_the_next_health_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_with(dir.path(), ProfileChoice::Auto, Profile::CloudRun);
+    let profiles = broken_strict(dir.path());
+    let cloudrun = std::fs::read(profiles.join("cloudrun.cfg")).unwrap();
+    std::fs::remove_file(profiles.join("cloudrun.cfg")).unwrap();
+    config.sandbox.profile_dir = profiles.clone();
+    let state = AppState::start(config).await.unwrap();
+    let reason = state.sandbox.health().await.unwrap_err();
+    assert!(reason.contains("cloudrun: "), "{reason}");
+    assert!(!state.sandbox.warm_state().on);
+
+    std::fs::write(profiles.join("cloudrun.cfg"), cloudrun).unwrap();
+    assert!(
+        state.sandbox.health().await.is_err(),
+        "re-checked at most every 10 s"
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+    state.sandbox.health().await.unwrap();
+    assert_eq!(state.sandbox.profile(), Profile::CloudRun);
+    let failed = state.sandbox.failed_profiles();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].profile, Profile::Strict);
+    assert!(
+        state.sandbox.warm_state().on,
+        "the warm path starts with it"
+    );
+    assert!(!state.sandbox.installed().packages.is_empty());
 }
 
 /// Runs the service binary with a config file of `toml` and the environment `env` until it

@@ -59,6 +59,8 @@ const FILE_ENTRY_OVERHEAD: u64 = 2048;
 pub struct Sandbox {
     config: SandboxConfig,
     limits: Limits,
+    /// Where the configured profiles are; the jails read the instance's copy of them.
+    profiles_from: PathBuf,
     profile: ActiveProfile,
     cgroups: Option<Cgroups>,
     /// The uids, cgroup subtree and work directory this instance owns; none until started.
@@ -126,6 +128,7 @@ impl Sandbox {
             ProfileChoice::CloudRun => Profile::CloudRun,
         };
         Self {
+            profiles_from: config.profile_dir.clone(),
             config,
             limits,
             profile: ActiveProfile::new(profile),

@@ -83,18 +83,17 @@ impl Sandbox {
     pub async fn start(config: SandboxConfig, limits: Limits) -> Result<Self, StartError> {
         let mut sandbox = Self::new(config, limits);
         let (uid_base, work_root) = (sandbox.config.uid_base, sandbox.config.work_root.clone());
-        let profile_dir = sandbox.config.profile_dir.clone();
         let (block, quarantined) = blocking(move || {
             let block = Block::claim(uid_base, &work_root)?;
             let quarantined = block.sweep_leftovers();
-            install_profiles(&profile_dir, &block.work_dir().join(PROFILES_DIR))?;
             Ok::<_, String>((block, quarantined))
         })
         .await
         .map_err(|error| StartError::NoBlock(error.to_string()))?
         .map_err(StartError::NoBlock)?;
         // Without a user namespace the jail starts unprivileged and reads its profile itself:
-        // the instance's copy is readable by every slot, wherever the configured files are.
+        // the instance's copy (`choose` makes it, each time) is readable by every slot,
+        // wherever the configured files are.
         sandbox.config.profile_dir = block.work_dir().join(PROFILES_DIR);
         sandbox.slots = Self::slots(&sandbox.config, block.uids().start, sandbox.cancel.clone());
         sandbox.slots.quarantine(quarantined);
@@ -134,6 +133,14 @@ impl Sandbox {
     /// when none does, the strongest stays active, unhealthy, with every reason. `Some` when
     /// the only one that works is weaker than `sandbox.require`.
     async fn choose(&self) -> Option<StartError> {
+        let (from, to) = (self.profiles_from.clone(), self.config.profile_dir.clone());
+        let installed = blocking(move || install_profiles(&from, &to))
+            .await
+            .unwrap_or_else(|error| Err(error.to_string()));
+        if let Err(reason) = installed {
+            self.record(Err(reason));
+            return None;
+        }
         let mut failed = Vec::new();
         for &profile in self.candidates() {
             self.profile.set(profile);
@@ -361,14 +368,15 @@ fn describe(failed: &[ProfileFailure]) -> String {
         .join("; ")
 }
 
-/// Copies the profiles that exist in `from` into `to` (root's, readable by all). A missing
-/// one stays missing: its canary then fails saying so.
+/// Copies the profiles in `from` into `to` (root's, readable by all), replacing what an
+/// earlier copy left. A missing one stays missing: its canary then fails saying so.
 fn install_profiles(from: &Path, to: &Path) -> Result<(), String> {
     let failed = |error: std::io::Error| {
         format!("cannot copy the jail profiles to {}: {error}", to.display())
     };
     std::fs::DirBuilder::new()
         .mode(0o755)
+        .recursive(true)
         .create(to)
         .map_err(failed)?;
     for profile in [Profile::Strict, Profile::CloudRun] {
@@ -376,6 +384,11 @@ fn install_profiles(from: &Path, to: &Path) -> Result<(), String> {
             from.join(profile.config_file()),
             to.join(profile.config_file()),
         );
+        if let Err(error) = std::fs::remove_file(&target)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(failed(error));
+        }
         if source.is_file() {
             std::fs::copy(&source, &target).map_err(failed)?;
             std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644))
