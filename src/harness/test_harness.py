@@ -41,7 +41,8 @@ def run(script, limits=LIMITS, **job):
         os.mkdir(os.path.join(work, "tmp"))
         with open(os.path.join(work, "job.json"), "w", encoding="utf-8") as file:
             json.dump({"script": script, **job}, file)
-        settings = {"result_fd": result.fileno(), "seccomp": [], "rlimits": {}, "limits": limits}
+        settings = {"result_fd": result.fileno(), "seccomp": [], "rlimits": {}, "limits": limits,
+                    "unjailed_test": True}
         subprocess.run(
             [sys.executable, "-I", "-u", "-X", "utf8", "-B", os.path.join(HERE, "harness.py"),
              json.dumps(settings), "job.json"],
@@ -51,6 +52,49 @@ def run(script, limits=LIMITS, **job):
         )
         result.seek(0)
         return [json.loads(line) for line in result.read().splitlines()]
+
+
+LINUX_STATUS = """Name:\tpython3
+Uid:\t65534\t65534\t65534\t65534
+Gid:\t65534\t65534\t65534\t65534
+Groups:\t
+NoNewPrivs:\t1
+Seccomp:\t2
+CapInh:\t0000000000000000
+CapPrm:\t0000000000000000
+CapEff:\t0000000000000000
+CapBnd:\t0000000000000000
+CapAmb:\t0000000000000000
+"""
+# gVisor's: no NoNewPrivs and no CapAmb line.
+GVISOR_STATUS = "\n".join(
+    line for line in LINUX_STATUS.splitlines() if not line.startswith(("NoNewPrivs", "CapAmb"))
+)
+
+
+class Confinement(unittest.TestCase):
+    def test_a_confined_process_passes_on_linux_and_on_gvisor(self):
+        harness.confirm_confined(LINUX_STATUS)
+        harness.confirm_confined(GVISOR_STATUS)
+
+    def test_every_gap_is_named(self):
+        for old, new, named in [
+            ("CapInh:\t0000000000000000", "CapInh:\t000001ffffffffff", "CapInh 000001ffffffffff"),
+            ("CapBnd:\t0000000000000000", "CapBnd:\t00000000000000ff", "CapBnd"),
+            ("CapAmb:\t0000000000000000", "CapAmb:\t0000000000000001", "CapAmb"),
+            ("Seccomp:\t2", "Seccomp:\t0", "Seccomp 0"),
+            ("NoNewPrivs:\t1", "NoNewPrivs:\t0", "NoNewPrivs 0"),
+            ("Uid:\t65534\t65534\t65534\t65534", "Uid:\t65534\t0\t65534\t65534", "Uid"),
+            ("Gid:\t65534\t65534\t65534\t65534", "Gid:\t0\t0\t0\t0", "Gid 0 0 0 0"),
+            ("Groups:\t", "Groups:\t0 27", "supplementary groups 0 27"),
+        ]:
+            with self.subTest(named), self.assertRaisesRegex(PermissionError, named):
+                harness.confirm_confined(LINUX_STATUS.replace(old, new))
+
+    def test_a_missing_seccomp_line_is_not_taken_for_a_filter(self):
+        status = "\n".join(line for line in LINUX_STATUS.splitlines() if "Seccomp" not in line)
+        with self.assertRaisesRegex(PermissionError, "Seccomp unknown"):
+            harness.confirm_confined(status)
 
 
 class GoldenFrames(unittest.TestCase):
