@@ -8,6 +8,8 @@
 //!   warm path on and off: p50, p99, executions per second, and ratios to B0/B1.
 //! - Where one execution's time goes, phase by phase, from the service's own log.
 //! - The service's RSS idle and under load, and the warm path's own memory.
+//! - What zygote rotation costs: `return 1` with a fresh zygote every 50 executions beside the
+//!   default (1000), and how long a zygote takes to start.
 //!
 //! Writes BENCHMARKS.md. Not a test: nothing here fails on speed. `PYEXEC_BENCH_SECONDS` sets
 //! each row's length (default 4).
@@ -153,10 +155,40 @@ async fn main() {
             }
         }
         report.memory(warm, idle_rss, peak_rss, warm_pool_kib(&service));
+        if warm {
+            rotation(&mut report, &client, &service, row).await;
+        }
     }
     println!("encoding a DataFrame result ...");
     report.encoding(&encode_frame());
     report.finish(started.elapsed());
+}
+
+/// `return 1` on a service whose zygotes serve 50 executions each, against `default` (1000),
+/// and the start-up time of the zygotes it started, from its log.
+async fn rotation(report: &mut Report, client: &reqwest::Client, default: &Service, row: Duration) {
+    const SHORT: u64 = 50;
+    println!("zygote rotation ...");
+    let script = "def main():\n    return 1\n";
+    let rotating = Service::start(
+        &format!("profile = \"strict\"\nmax_concurrency = 0\nzygote_max_executions = {SHORT}\n"),
+        &[("RUST_LOG", "info")],
+    );
+    for clients in [1, 8] {
+        // Alternating, so both meet the same machine.
+        let base = run_for(default, client, script, clients, row).await;
+        let short = run_for(&rotating, client, script, clients, row).await;
+        report.rotation_row(clients, &base, &short);
+    }
+    let starts: Vec<f64> = rotating
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|event| event["message"] == "a fresh zygote took over")
+        .filter_map(|event| event["took_ms"].as_f64())
+        .collect();
+    report.zygote_starts(&starts);
 }
 
 /// Runs `benches/encode_frame.py` with the sandbox's Python (the encoder alone: no jail, no
@@ -368,6 +400,7 @@ struct Report {
     rows: String,
     phases: Vec<(bool, Vec<(String, Duration)>)>,
     memory: String,
+    rotation: String,
     encoding: String,
     targets: Vec<String>,
     b0: Option<(Duration, f64)>,
@@ -381,6 +414,7 @@ impl Report {
             rows: String::new(),
             phases: Vec::new(),
             memory: String::new(),
+            rotation: String::new(),
             encoding: String::new(),
             targets: Vec::new(),
             b0: None,
@@ -504,6 +538,52 @@ impl Report {
         .unwrap();
     }
 
+    fn rotation_row(&mut self, clients: usize, base: &Sample, short: &Sample) {
+        writeln!(
+            self.rotation,
+            "| {clients} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} |",
+            ms(base.percentile(500)),
+            ms(short.percentile(500)),
+            base.rate(),
+            short.rate(),
+            short.rate() / base.rate(),
+        )
+        .unwrap();
+    }
+
+    fn zygote_starts(&mut self, took_ms: &[f64]) {
+        let mut sorted = took_ms.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let median = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN);
+        writeln!(
+            self.rotation,
+            "\nZygotes started in that run: {}, median {median:.0} ms from the decision to the new \
+             one taking over (warmed in the background: executions keep forking from the old one \
+             meanwhile). At the default of 1000 executions a zygote's start is spread over 20 times \
+             as many executions as in the 50 row.",
+            sorted.len()
+        )
+        .unwrap();
+    }
+
+    fn write_rotation(&self, text: &mut String) {
+        writeln!(text, "\n## Zygote rotation\n").unwrap();
+        writeln!(
+            text,
+            "`return 1` with the warm path on: the default service (a fresh zygote every 1000 \
+             executions or 600 s) against one whose zygotes serve 50 executions each, rows \
+             alternating in the same run.\n"
+        )
+        .unwrap();
+        writeln!(
+            text,
+            "| clients | p50 ms, every 1000 | p50 ms, every 50 | per s, every 1000 | per s, every 50 | per s ratio |"
+        )
+        .unwrap();
+        writeln!(text, "|---|---|---|---|---|---|").unwrap();
+        text.push_str(&self.rotation);
+    }
+
     fn finish(self, took: Duration) {
         let machine = machine();
         let mut text = String::new();
@@ -575,6 +655,7 @@ impl Report {
         writeln!(text, "| warm | service RSS idle MiB | service RSS peak under load MiB | warm path (zygote) Pss MiB |").unwrap();
         writeln!(text, "|---|---|---|---|").unwrap();
         text.push_str(&self.memory);
+        self.write_rotation(&mut text);
         writeln!(text, "\n## Encoding a DataFrame result\n").unwrap();
         writeln!(
             text,

@@ -107,6 +107,12 @@ pub struct SandboxConfig {
     /// Modules the warm path imports once, so scripts do not pay for them. Default
     /// `["numpy", "pandas"]`.
     pub preload: Vec<String>,
+    /// Executions one zygote may fork before a fresh one takes over: its children share what a
+    /// fork cannot renew (the hash secret, the address layout, `AT_RANDOM`). Default 1000.
+    pub zygote_max_executions: u64,
+    /// Seconds a zygote may serve before a fresh one takes over, for the same reason.
+    /// Default 600.
+    pub zygote_max_age_secs: u64,
 }
 
 /// Per-execution limits (also shown by `GET /`).
@@ -263,6 +269,8 @@ impl Default for SandboxConfig {
             queue_timeout_ms: 10_000,
             warm: true,
             preload: vec!["numpy".to_owned(), "pandas".to_owned()],
+            zygote_max_executions: 1000,
+            zygote_max_age_secs: 600,
         }
     }
 }
@@ -464,6 +472,10 @@ impl Config {
                 "limits.memory_bytes must be at least 64 MiB",
             ),
             (limits.processes == 0, "limits.processes must be at least 1"),
+            (
+                self.sandbox.zygote_max_executions == 0 || self.sandbox.zygote_max_age_secs == 0,
+                "sandbox.zygote_max_executions and sandbox.zygote_max_age_secs must be at least 1",
+            ),
             (
                 limits.input_bytes > limits.tmp_bytes,
                 "limits.input_bytes must be at most limits.tmp_bytes: input files live in /tmp",

@@ -24,6 +24,10 @@ pub const MAX_PATTERNS: usize = 16;
 pub const MAX_PATTERN_BYTES: usize = 256;
 /// The smallest memory limit a request may ask for: less does not start Python with numpy.
 pub const MIN_MEMORY_BYTES: u64 = 64 << 20;
+/// Arrays and objects nested in `input`: Python's `json` reads a few hundred levels and
+/// serde's own default limit is 128, so 100 is more than data needs, and a 400 here is
+/// better than a failure deep in the sandbox.
+pub const MAX_INPUT_DEPTH: usize = 100;
 
 /// Everything a sandbox needs for one execution, checked.
 #[derive(Debug)]
@@ -61,6 +65,8 @@ pub struct HarnessJob<'a> {
 pub enum JobError {
     #[error(transparent)]
     Script(#[from] ValidationError),
+    #[error("input nests arrays and objects {depth} deep; at most {limit} levels may be sent")]
+    InputTooDeep { depth: usize, limit: usize },
     #[error("files[{index}] ({path:?}): the path {rule}")]
     FilePath {
         index: usize,
@@ -117,6 +123,7 @@ impl Job {
     /// Checks everything a request asks for against `limits` (the configured maximum).
     pub fn from_request(request: ExecuteRequest, limits: &Limits) -> Result<Self, JobError> {
         let script = validate::validate(request.script, limits.script_bytes)?;
+        check_input(request.input.as_deref())?;
         let files = check_files(request.files, limits)?;
         check_patterns(&request.return_files)?;
         let limits_requested = request.limits.is_some();
@@ -196,6 +203,47 @@ pub fn normalise(path: &str) -> Result<String, PathRule> {
         return Err(PathRule::TooDeep);
     }
     Ok(names.join("/"))
+}
+
+/// Refuses `input` nested deeper than [`MAX_INPUT_DEPTH`].
+fn check_input(input: Option<&RawValue>) -> Result<(), JobError> {
+    let depth = input.map_or(0, |input| nesting_depth(input.get()));
+    if depth > MAX_INPUT_DEPTH {
+        return Err(JobError::InputTooDeep {
+            depth,
+            limit: MAX_INPUT_DEPTH,
+        });
+    }
+    Ok(())
+}
+
+/// How deeply arrays and objects nest in `json`, which serde has read as valid JSON: `1` is
+/// 0, `[1]` and `{}` are 1. One pass over the text counting brackets outside strings (an
+/// escaped quote does not end one), with no recursion, so any depth costs only its length.
+pub fn nesting_depth(json: &str) -> usize {
+    let (mut depth, mut deepest) = (0_usize, 0_usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for byte in json.bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// Checks every path and the caps, and returns the files with normalised paths.
@@ -345,6 +393,24 @@ mod tests {
             self.push_str(tail);
             self
         }
+    }
+
+    #[test]
+    fn depth_counts_arrays_and_objects_but_not_brackets_in_strings() {
+        for (json, depth) in [
+            ("1", 0),
+            ("\"[[[\"", 0),
+            ("[]", 1),
+            ("{}", 1),
+            ("[[1], {\"a\": [2]}]", 3),
+            ("[[], [], []]", 2),
+            (r#"{"a\"[[": "]]\\", "b": [[{}]]}"#, 4),
+            (r#"["\\\"[", ["\\"], "{"]"#, 2),
+        ] {
+            assert_eq!(nesting_depth(json), depth, "{json}");
+        }
+        let deep = format!("{}{}", "[".repeat(200_000), "]".repeat(200_000));
+        assert_eq!(nesting_depth(&deep), 200_000);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod app;
 pub mod config;
 pub mod failure;
+pub mod fields;
 pub mod harness;
 pub mod http;
 pub mod job;

@@ -13,18 +13,22 @@ use utoipa::ToSchema;
 
 use crate::config::Limits;
 pub use crate::failure::ScriptFailure;
+use crate::fields::{self, Strict};
 pub use crate::sandbox::{Isolation, Package};
 
-/// The body of `POST /execute`: a JSON object (fields other than these are ignored). Only
-/// `script` is required; without the others a request runs `main()` as it always did.
+/// The body of `POST /execute`: a JSON object with no fields but these. Only `script` is
+/// required; without the others a request runs `main()` as it always did.
 #[derive(Debug, ToSchema)]
+// For the schema only (`additionalProperties: false`): the deserializer below is written by
+// hand and refuses unknown fields itself.
+#[serde(deny_unknown_fields)]
 pub struct ExecuteRequest {
     /// Python source defining a top-level `main()`; at most `limits.script_bytes` bytes of
     /// UTF-8. With `input`, `main` must take one positional parameter.
     #[schema(example = "def main():\n    print('hi')\n    return {'answer': 42}\n")]
     pub script: String,
-    /// Any JSON value; when present (`null` included) `main` is called as `main(input)`, with
-    /// the value as Python's `json` reads it.
+    /// Any JSON value, nested at most 100 arrays and objects deep; when present (`null`
+    /// included) `main` is called as `main(input)`, with the value as Python's `json` reads it.
     #[schema(value_type = Option<Object>)]
     pub input: Option<Box<RawValue>>,
     /// Files placed in the script's working directory before it runs, read-write for it: at
@@ -102,6 +106,16 @@ pub struct AppliedLimits {
     pub output_bytes: u64,
 }
 
+/// The fields of [`ExecuteRequest`], in the order errors list them.
+const REQUEST_FIELDS: &[&str] = &[
+    "script",
+    "input",
+    "files",
+    "return_files",
+    "limits",
+    "strict_result",
+];
+
 /// By hand rather than derived: a derived struct would also accept `["def main(): ..."]`, and
 /// these errors name what was expected (serde adds the line and column).
 impl<'de> Deserialize<'de> for ExecuteRequest {
@@ -127,15 +141,23 @@ impl<'de> Deserialize<'de> for ExecuteRequest {
                             map.next_value::<PythonSource>().map(|source| source.0)
                         })?,
                         "input" => once(&mut input, "input", || map.next_value())?,
-                        "files" => once(&mut files, "files", || map.next_value())?,
+                        "files" => once(&mut files, "files", || {
+                            map.next_value::<Vec<Strict<InputFile>>>()
+                                .map(|files| files.into_iter().map(|file| file.0).collect())
+                        })?,
                         "return_files" => once(&mut return_files, "return_files", || {
                             map.next_value::<ReturnFilesField>().map(|field| field.0)
                         })?,
-                        "limits" => once(&mut limits, "limits", || map.next_value())?,
+                        "limits" => once(&mut limits, "limits", || {
+                            map.next_value::<Strict<RequestLimits>>()
+                                .map(|limits| limits.0)
+                        })?,
                         "strict_result" => {
                             once(&mut strict_result, "strict_result", || map.next_value())?;
                         }
-                        _ => drop(map.next_value::<de::IgnoredAny>()?),
+                        // Refused before its value is read: a misspelt field would otherwise
+                        // be silently ignored, and a deep value walked for nothing.
+                        other => return Err(fields::unknown(other, REQUEST_FIELDS)),
                     }
                 }
                 let script = script.ok_or_else(|| de::Error::missing_field("script"))?;
@@ -254,11 +276,13 @@ pub struct ExecuteResponse {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub files: Option<Vec<OutputFile>>,
     /// With `return_files`: some files were left out (over `limits.output_files` or
-    /// `limits.output_files_bytes`).
+    /// `limits.output_files_bytes`), or `skipped_files` entries were (over its cap of 64, or
+    /// not a path the working directory can hold).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub files_truncated: Option<bool>,
     /// Entries that were not read: links, FIFOs, sockets, devices, files that changed while
-    /// being read (at most 64).
+    /// being read, names the service refuses (at most 64). A name that is not UTF-8 is shown
+    /// with U+FFFD, so two entries may read the same.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub skipped_files: Vec<SkippedFile>,
     /// The limits the execution ran under, when the request set `limits`.
@@ -270,6 +294,7 @@ pub struct ExecuteResponse {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Nulls {
+    /// Every `null` the mapping made, also those past the first 100.
     pub count: u64,
     /// The first 100, as `result[3]['price']`.
     pub paths: Vec<String>,
@@ -292,10 +317,17 @@ pub struct OutputFile {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SkippedFile {
+    /// Relative to the working directory; it holds to the path rules of `files` but for the
+    /// one its `reason` names.
     pub path: String,
     pub reason: SkipReason,
 }
 
+/// Why an entry was not sent back: `symlink` (never followed), `not_a_regular_file` (a FIFO,
+/// socket or device), `changed_while_reading`, `unreadable`, `too_deep` (a directory deeper
+/// than 16), `name_not_utf8` (a name that is not UTF-8, shown with U+FFFD), `name_refused`
+/// (a control character or a backslash in the path), `path_too_long` (over 1024 bytes),
+/// `duplicate_path` (the sandbox reported the path twice; every copy is skipped).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SkipReason {
@@ -304,6 +336,10 @@ pub enum SkipReason {
     ChangedWhileReading,
     Unreadable,
     TooDeep,
+    NameNotUtf8,
+    NameRefused,
+    PathTooLong,
+    DuplicatePath,
 }
 
 /// Every non-2xx body: a message a person can act on (`error`), a stable `code` for programs,
@@ -344,6 +380,12 @@ pub enum ServiceError {
     /// The body is JSON but not `{"script": "..."}`.
     InvalidRequest,
     EmptyScript,
+    /// `input` nests arrays and objects deeper than the service reads.
+    InvalidInput {
+        /// How deep it nests.
+        depth: usize,
+        limit_depth: usize,
+    },
     ScriptTooLarge {
         script_bytes: usize,
         limit_bytes: usize,

@@ -306,3 +306,293 @@ async fn a_script_of_exactly_100_kib_runs_and_a_charset_is_accepted() {
         .await;
     assert_eq!((status, &body["result"]), (200, &json!(1)), "{body}");
 }
+
+// Request ids, unknown fields and nesting depth: all decided at the router, before any sandbox.
+
+/// Whether `id` has the form of the ids the service makes itself (a UUID).
+fn is_service_made(id: &str) -> bool {
+    id.len() == 36
+        && id.char_indices().all(|(at, c)| match at {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+async fn request_id_answered(router: &axum::Router, sent: Option<&[u8]>) -> String {
+    let mut request = Request::get("/");
+    if let Some(sent) = sent {
+        request = request.header("x-request-id", sent);
+    }
+    let (status, headers, _) = oneshot(router, request.body(Body::empty()).unwrap()).await;
+    assert_eq!(status, 200);
+    headers["x-request-id"].to_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_client_s_request_id_is_echoed_only_when_it_is_a_short_plain_token() {
+    let router = router_only(|_| {});
+    for valid in [
+        "abc-123".to_owned(),
+        "4ea27a44-08ef-4002-9b20-cd53e9ac4baa".to_owned(),
+        "105445aa7843bc8bf206b12000100000".to_owned(),
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
+        "01ARZ3NDEKTSV4RRFFQ69G5FAV".to_owned(),
+        "frontend:host-7.eu_west:000042".to_owned(),
+        "a".repeat(128),
+    ] {
+        let answered = request_id_answered(&router, Some(valid.as_bytes())).await;
+        assert_eq!(answered, valid);
+    }
+    let huge = format!("id with \"quotes\" and spaces {}", "x ".repeat(95_000));
+    assert!(huge.len() > 190_000);
+    for refused in [
+        huge.as_bytes(),
+        "a".repeat(129).as_bytes(),
+        b"",
+        b"two words",
+        b"quo\"te",
+        b"semi;colon",
+        b"slash/ed",
+        "caf\u{e9}".as_bytes(),
+        b"{\"json\":1}",
+    ] {
+        let answered = request_id_answered(&router, Some(refused)).await;
+        assert!(
+            is_service_made(&answered),
+            "{:?} for {:?}",
+            &answered[..answered.len().min(80)],
+            &refused[..refused.len().min(40)]
+        );
+    }
+    let first = request_id_answered(&router, None).await;
+    let second = request_id_answered(&router, None).await;
+    assert!(is_service_made(&first) && is_service_made(&second));
+    assert_ne!(first, second);
+}
+
+async fn execute_raw(router: &axum::Router, body: String) -> (u16, serde_json::Value) {
+    let (status, _, answer) = oneshot(router, post_execute(Some("application/json"), body)).await;
+    (status, answer)
+}
+
+#[tokio::test]
+async fn a_misspelt_field_is_refused_with_the_closest_known_name() {
+    let router = router_only(|_| {});
+    let known = "known fields: script, input, files, return_files, limits, strict_result";
+    for (body, wanted) in [
+        (
+            json!({"script": "def main(): return 1", "limit": {"time_ms": 5}}),
+            "unknown field `limit`; did you mean `limits`?",
+        ),
+        (
+            json!({"return_file": true, "script": "def main(): return 1"}),
+            "unknown field `return_file`; did you mean `return_files`?",
+        ),
+        (
+            json!({"script": "def main(): return 1", "Input": 1}),
+            "unknown field `Input`; did you mean `input`?",
+        ),
+        (
+            json!({"scirpt": "def main(): return 1"}),
+            "unknown field `scirpt`; did you mean `script`?",
+        ),
+    ] {
+        let (status, answer) = execute_raw(&router, body.to_string()).await;
+        assert_eq!(
+            (status, error_code(&answer)),
+            (400, "invalid_request"),
+            "{answer}"
+        );
+        let message = answer["error"].as_str().unwrap();
+        assert!(
+            message.contains(wanted) && message.contains(known),
+            "{message}"
+        );
+    }
+    // Nothing close: no guess, still every known field.
+    let (status, answer) =
+        execute_raw(&router, json!({"script": "x = 1", "banana": 1}).to_string()).await;
+    assert_eq!((status, error_code(&answer)), (400, "invalid_request"));
+    let message = answer["error"].as_str().unwrap();
+    assert!(
+        message.contains("unknown field `banana`; known fields: script,")
+            && !message.contains("did you mean"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_misspelt_nested_field_is_refused_with_the_closest_known_name() {
+    let router = router_only(|_| {});
+    for (body, place, wanted, known) in [
+        (
+            json!({"script": "x = 1", "limits": {"time": 5}}),
+            "limits",
+            "unknown field `time`; did you mean `time_ms`?",
+            "known fields: time_ms, memory_bytes, output_bytes",
+        ),
+        (
+            json!({"script": "x = 1", "limits": {"memory_byte": 5}}),
+            "limits",
+            "unknown field `memory_byte`; did you mean `memory_bytes`?",
+            "known fields: time_ms, memory_bytes, output_bytes",
+        ),
+        (
+            json!({"script": "x = 1", "files": [
+                {"path": "a", "content": "b"},
+                {"path": "c", "content": "ZA==", "encodng": "base64"},
+            ]}),
+            "files[1]",
+            "unknown field `encodng`; did you mean `encoding`?",
+            "known fields: path, content, encoding",
+        ),
+    ] {
+        let (status, answer) = execute_raw(&router, body.to_string()).await;
+        assert_eq!(
+            (status, error_code(&answer)),
+            (400, "invalid_request"),
+            "{answer}"
+        );
+        let message = answer["error"].as_str().unwrap();
+        assert!(
+            message.contains(place) && message.contains(wanted) && message.contains(known),
+            "{message}"
+        );
+    }
+}
+
+/// `[` `depth` times, then `]` as often.
+fn nested(depth: usize) -> String {
+    format!("{}{}", "[".repeat(depth), "]".repeat(depth))
+}
+
+#[tokio::test]
+async fn an_unknown_field_is_refused_without_reading_its_value() {
+    let router = router_only(|_| {});
+    for body in [
+        format!(
+            "{{\"deep\": {}, \"script\": \"def main(): return 1\"}}",
+            nested(200_000)
+        ),
+        format!(
+            "{{\"script\": \"def main(): return 1\", \"deep\": {}}}",
+            nested(200_000)
+        ),
+        // Not even valid JSON after the name: it is never read.
+        format!("{{\"script\": \"x = 1\", \"deep\": {}", "[".repeat(200_000)),
+    ] {
+        let started = std::time::Instant::now();
+        let (status, answer) = execute_raw(&router, body).await;
+        assert_eq!(
+            (status, error_code(&answer)),
+            (400, "invalid_request"),
+            "{answer}"
+        );
+        assert!(
+            answer["error"]
+                .as_str()
+                .unwrap()
+                .contains("unknown field `deep`"),
+            "{answer}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    }
+}
+
+#[tokio::test]
+async fn the_document_refuses_unknown_fields_of_the_request() {
+    let router = router_only(|_| {});
+    let (_, _, document) = oneshot(
+        &router,
+        Request::get("/openapi.json").body(Body::empty()).unwrap(),
+    )
+    .await;
+    for name in ["ExecuteRequest", "InputFile", "RequestLimits"] {
+        let schema = &document["components"]["schemas"][name];
+        assert_eq!(
+            schema["additionalProperties"],
+            json!(false),
+            "{name}: {schema}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn input_nested_over_100_deep_is_refused_before_any_sandbox() {
+    let router = router_only(|_| {});
+    let script = "def main(input): return 1";
+    let objects = |depth: usize| format!("{}1{}", "{\"a\": ".repeat(depth), "}".repeat(depth));
+    for (input, depth) in [
+        (nested(101), 101),
+        (objects(101), 101),
+        (format!("[1, {{\"a\": [{}]}}, 2]", nested(98)), 101),
+        (nested(200_000), 200_000),
+    ] {
+        let body = format!("{{\"script\": {script:?}, \"input\": {input}}}");
+        let (status, answer) = execute_raw(&router, body).await;
+        assert_eq!(
+            (status, error_code(&answer)),
+            (400, "invalid_input"),
+            "{answer}"
+        );
+        assert_eq!(
+            (answer["depth"].as_u64(), answer["limit_depth"].as_u64()),
+            (Some(depth), Some(100)),
+            "{answer}"
+        );
+        assert!(
+            answer["error"].as_str().unwrap().contains("input"),
+            "{answer}"
+        );
+    }
+    // At the limit, and brackets inside strings (escaped quotes included), pass validation and
+    // reach the (unstarted) sandbox, answered as a flat input is.
+    let flat = format!("{{\"script\": {script:?}, \"input\": 1}}");
+    let (status, answer) = execute_raw(&router, flat).await;
+    let reached = (status, error_code(&answer).to_owned());
+    assert!(status >= 500, "the sandbox was never started: {answer}");
+    for input in [
+        nested(100),
+        objects(100),
+        json!("[".repeat(1000)).to_string(),
+        json!({"text": format!("\\\"{}", "[{".repeat(1000)), "n": [1, 2]}).to_string(),
+        format!("[{}, \"]]]\\\\\", {}]", nested(98), json!("\"[[[[")),
+        "12345678901234567890123456789012345678901234567890".to_owned(),
+    ] {
+        let body = format!("{{\"script\": {script:?}, \"input\": {input}}}");
+        let (status, answer) = execute_raw(&router, body).await;
+        assert_eq!(
+            (status, error_code(&answer).to_owned()),
+            reached,
+            "{answer} for {}",
+            &input[..input.len().min(60)]
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_deeply_nested_body_anywhere_is_a_400() {
+    let router = router_only(|_| {});
+    let deep = nested(200_000);
+    for body in [
+        deep.clone(),
+        format!("{{\"script\": {deep}}}"),
+        format!("{{\"script\": \"x = 1\", \"files\": {deep}}}"),
+        format!("{{\"script\": \"x = 1\", \"files\": [{{\"path\": \"a\", \"content\": {deep}}}]}}"),
+        format!("{{\"script\": \"x = 1\", \"limits\": {deep}}}"),
+        format!("{{\"script\": \"x = 1\", \"limits\": {{\"time_ms\": {deep}}}}}"),
+        format!("{{\"script\": \"x = 1\", \"return_files\": {deep}}}"),
+        format!("{{\"script\": \"x = 1\", \"strict_result\": {deep}}}"),
+        format!(
+            "{{\"script\": \"x = 1\", \"files\": [{}]}}",
+            "{\"path\": ".repeat(100_000)
+        ),
+    ] {
+        let (status, answer) = execute_raw(&router, body).await;
+        assert_eq!(status, 400, "{answer}");
+        assert!(
+            ["invalid_request", "invalid_json"].contains(&error_code(&answer)),
+            "{answer}"
+        );
+    }
+}

@@ -464,3 +464,130 @@ async fn files_of_one_execution_never_appear_in_another_s_answer() {
         assert_eq!(body["files"], json!([]), "{profile:?} warm={warm}: {body}");
     }
 }
+
+/// Every profile and path, for what depends on the harness and the frame it writes.
+const CONFIGURATIONS: [(ProfileChoice, bool); 4] = [
+    (ProfileChoice::Strict, true),
+    (ProfileChoice::Strict, false),
+    (ProfileChoice::CloudRun, true),
+    (ProfileChoice::CloudRun, false),
+];
+
+/// `(path, reason)` of each skipped entry.
+fn skipped_of(body: &Value) -> Vec<(&str, &str)> {
+    body["skipped_files"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|s| (s["path"].as_str().unwrap(), s["reason"].as_str().unwrap()))
+        .collect()
+}
+
+fn paths_of(body: &Value) -> Vec<&str> {
+    body["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect()
+}
+
+/// A name the service refuses in a returned path (a backslash, as an unzipped Windows archive
+/// makes; a name that is not UTF-8) costs that file alone, never the answer; and two names
+/// that decode to the same text are both skipped, never made one file.
+#[tokio::test]
+async fn an_odd_file_name_is_skipped_with_its_reason_never_the_whole_answer() {
+    let backslash = "def main():\n    open('reports\\\\2024.csv', 'w').write('a,b\\n')\n    open('summary.csv', 'w').write('n\\n1\\n')\n    return 'ok'\n";
+    let not_utf8 = "import os\ndef main():\n    for name in (b'caf\\xe9.txt', b'caf\\xe8.txt'):\n        fd = os.open(name, os.O_WRONLY | os.O_CREAT, 0o600)\n        os.write(fd, name)\n        os.close(fd)\n    open('plain.txt', 'w').write('plain')\n    return 'ok'\n";
+    for (profile, warm) in CONFIGURATIONS {
+        let app = app(profile, warm).await;
+        let (status, body) = post(&app, json!({"script": backslash, "return_files": true})).await;
+        let context = format!("{profile:?} warm={warm}: {body}");
+        assert_eq!(status, 200, "{context}");
+        assert_eq!(
+            body["files"],
+            json!([{"path": "summary.csv", "size": 4, "content": "n\n1\n", "encoding": "utf-8"}]),
+            "{context}"
+        );
+        assert_eq!(
+            skipped_of(&body),
+            [("reports\\2024.csv", "name_refused")],
+            "{context}"
+        );
+        assert_eq!(body["files_truncated"], false, "{context}");
+
+        let (status, body) = post(&app, json!({"script": not_utf8, "return_files": true})).await;
+        let context = format!("{profile:?} warm={warm}: {body}");
+        assert_eq!(status, 200, "{context}");
+        assert_eq!(paths_of(&body), ["plain.txt"], "{context}");
+        assert_eq!(body["files"][0]["content"], "plain", "{context}");
+        assert_eq!(
+            skipped_of(&body),
+            [
+                ("caf\u{fffd}.txt", "name_not_utf8"),
+                ("caf\u{fffd}.txt", "name_not_utf8")
+            ],
+            "{context}"
+        );
+    }
+}
+
+/// A script that writes the final frame itself (after the harness's `started`, then leaves
+/// before the harness can write anything) is held to every cap the harness applies: the result
+/// size, 64 skipped entries that stay inside the working directory, 100 null paths.
+#[tokio::test]
+async fn a_forged_final_frame_is_held_to_every_cap_the_harness_applies() {
+    // The frame is built in the script and written on fd 3, whole, before `os._exit(0)`.
+    let forge = |frame: &str| {
+        format!(
+            "import json, os\ndef main():\n    frame = {frame}\n    data = json.dumps(frame).encode() + b'\\n'\n    view = memoryview(data)\n    while view:\n        view = view[os.write(3, view):]\n    os._exit(0)\n"
+        )
+    };
+    let huge = forge(r#"{"v": 2, "event": "returned", "result": "x" * (24 << 20)}"#);
+    let skipped = forge(
+        r#"{"v": 2, "event": "returned", "result": 1, "files": [], "files_truncated": False,
+             "skipped_files": [{"path": f"../../etc/{i}" if i % 2 else f"l{i:04}", "reason": "symlink"}
+                               for i in range(3000)]}"#,
+    );
+    let nulls = forge(
+        r#"{"v": 2, "event": "returned", "result": 1,
+             "nulls": {"count": 1, "paths": [f"result[{i}]" for i in range(3000)]}}"#,
+    );
+    let limit = pyexec::config::Limits::default().result_bytes;
+    for (profile, warm) in CONFIGURATIONS {
+        let app = app(profile, warm).await;
+        let (status, body) = post(&app, json!({"script": huge})).await;
+        let context = format!("{profile:?} warm={warm}");
+        // Not the body: a wrong answer would be the 24 MiB result.
+        assert_eq!(status, 400, "{context}: {}", body["code"]);
+        assert_eq!(error_code(&body), "result_too_large", "{context}");
+        assert_eq!(
+            (&body["result_bytes"], &body["limit_bytes"]),
+            (&json!((24 << 20) + 2), &json!(limit)),
+            "{context}"
+        );
+
+        let (status, body) = post(&app, json!({"script": skipped, "return_files": true})).await;
+        assert_eq!(status, 200, "{context}: {body}");
+        let listed = skipped_of(&body);
+        let expected: Vec<String> = (0..128).step_by(2).map(|i| format!("l{i:04}")).collect();
+        assert_eq!(
+            listed.iter().map(|(path, _)| *path).collect::<Vec<_>>(),
+            expected,
+            "{context}"
+        );
+        assert!(
+            listed.iter().all(|(path, _)| !path.contains("..")),
+            "{context}"
+        );
+        assert_eq!(body["files_truncated"], true, "{context}");
+
+        let (status, body) = post(&app, json!({"script": nulls})).await;
+        assert_eq!(status, 200, "{context}: {body}");
+        let paths = body["nulls"]["paths"].as_array().unwrap();
+        assert_eq!(paths.len(), 100, "{context}");
+        assert_eq!(paths[99], "result[99]", "{context}");
+        assert_eq!(body["nulls"]["count"], 3000, "{context}");
+    }
+}

@@ -307,3 +307,79 @@ fn security_md_names_only_proofs_that_exist() {
         "SECURITY.md names proofs that do not exist: {missing:?}"
     );
 }
+
+/// What a fork cannot renew: the hash secret, the address layout (libc, heap, stack) and the
+/// `AT_RANDOM` bytes (the stack canary, glibc's pointer guard). SECURITY.md documents that the
+/// children of one zygote share them; these are exactly the names `same_state_...` leaves out.
+const SHARED_PROBE: &str = r#"
+import ctypes, json, struct
+def main():
+    maps = open("/proc/self/maps").read().splitlines()
+    start = lambda word: next((line.split("-")[0] for line in maps if word in line), None)
+    auxv = open("/proc/self/auxv", "rb").read()
+    pairs = struct.iter_unpack("QQ", auxv)
+    at_random = next(value for key, value in pairs if key == 25)
+    return json.dumps({
+        "hash secret": hash("pyexec"),
+        "libc": start("libc.so"),
+        "heap": start("[heap]"),
+        "stack": start("[stack]"),
+        "AT_RANDOM": ctypes.string_at(at_random, 16).hex(),
+    })
+"#;
+
+/// The children of one zygote share `SHARED_PROBE`'s values, at most
+/// `sandbox.zygote_max_executions` of them: then a fresh zygote takes over and every value is
+/// new; cold executions share none of it. In both profiles.
+#[tokio::test]
+async fn what_a_fork_cannot_renew_is_shared_by_one_zygote_s_children_only() {
+    for profile in [ProfileChoice::Strict, ProfileChoice::CloudRun] {
+        let cold = escape_app(profile, true, false).await;
+        let (first, second) = (probe_shared(&cold).await, probe_shared(&cold).await);
+        for (name, value) in &first {
+            assert_ne!(
+                second.get(name),
+                Some(value),
+                "{profile:?} cold: {name} is shared"
+            );
+        }
+
+        let app = spawn_app_with(|config| {
+            config.sandbox.profile = profile;
+            config.sandbox.max_concurrency = 1;
+            config.sandbox.zygote_max_executions = 4;
+        })
+        .await;
+        assert!(app.warm);
+        // The canary took the zygote's first fork; these its second and third.
+        let (first, second) = (probe_shared(&app).await, probe_shared(&app).await);
+        assert_eq!(
+            first, second,
+            "{profile:?}: children of one zygote share them"
+        );
+        // Within the bound, a fresh zygote's children share none of the old one's.
+        let mut renewed = None;
+        for _ in 0..50 {
+            let now = probe_shared(&app).await;
+            if first
+                .iter()
+                .all(|(name, value)| now.get(name) != Some(value))
+                && probe_shared(&app).await == now
+            {
+                renewed = Some(now);
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(
+            renewed.is_some(),
+            "{profile:?}: no fresh zygote took over after 4 executions"
+        );
+    }
+}
+
+async fn probe_shared(app: &TestApp) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let (status, body) = app.execute(SHARED_PROBE).await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(body["result"].as_str().unwrap()).unwrap()
+}

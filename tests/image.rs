@@ -940,7 +940,9 @@ async fn api_checks(client: &reqwest::Client, base: &str, container: &Container)
     let logged = container
         .events()
         .into_iter()
-        .find(|event| event["request_id"] == request_id.as_str() && event["message"] == "request")
+        .find(|event| {
+            event["client_request_id"] == request_id.as_str() && event["message"] == "request"
+        })
         .unwrap_or_else(|| panic!("no access log line for {request_id}"));
     logged["path"] == "warm"
 }

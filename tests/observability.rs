@@ -185,3 +185,88 @@ async fn check_log(service: &Service) {
         assert!(!event.to_string().contains(PRIVATE), "{event}");
     }
 }
+
+/// Whether `id` has the form of the ids the service makes itself (a UUID).
+fn is_service_made(id: &str) -> bool {
+    id.len() == 36
+        && id.char_indices().all(|(at, c)| match at {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+#[tokio::test]
+async fn request_ids_are_the_service_s_and_no_client_makes_a_long_log_line() {
+    let service = Service::start("", &[]);
+    let client = reqwest::Client::new();
+    let base = format!("http://{}", service.addr);
+    let get = |id: &str, user_agent: &str| {
+        // From bytes: a user agent may hold non-ASCII bytes (here UTF-8).
+        let user_agent = reqwest::header::HeaderValue::from_bytes(user_agent.as_bytes()).unwrap();
+        client
+            .get(format!("{base}/"))
+            .header("x-request-id", id)
+            .header("user-agent", user_agent)
+            .send()
+    };
+    // Under hyper's 400 KB limit for a request's head, together.
+    let huge_id = format!("\"quoted\" id {}", "with spaces ".repeat(15_900));
+    let huge_agent = format!("agent/{}", "é".repeat(95_000));
+    assert!(huge_id.len() > 190_000 && huge_agent.len() > 190_000);
+    let refused = get(&huge_id, &huge_agent).await.unwrap();
+    assert_eq!(refused.status(), 200);
+    let fresh = refused.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(is_service_made(&fresh), "{}", &fresh[..fresh.len().min(80)]);
+
+    let valid = "obs-test:42.a_B";
+    for _ in 0..2 {
+        let echoed = get(valid, "observability-test/1").await.unwrap();
+        assert_eq!(echoed.headers()["x-request-id"], valid);
+    }
+
+    let lines = || -> Vec<Value> {
+        service
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|event| {
+                event["message"] == "request" && event["httpRequest"]["requestUrl"] == "/"
+            })
+            .cloned()
+            .collect()
+    };
+    assert!(common::wait_until(|| lines().len() == 3).await);
+    let lines = lines();
+    // The thread reading the log keeps only lines that parse: each of these was valid JSON, as
+    // serde_json writes it again here.
+    let line = &lines[0];
+    assert_eq!(line["request_id"], fresh.as_str(), "{line}");
+    assert!(line.get("client_request_id").is_none(), "{line}");
+    let written = line.to_string();
+    assert!(written.len() < 16 * 1024, "{} bytes", written.len());
+    let agent = line["httpRequest"]["userAgent"].as_str().unwrap();
+    assert!(
+        agent.starts_with("agent/éé")
+            && agent.ends_with(&format!("…[cut from {} bytes]", huge_agent.len())),
+        "{agent}"
+    );
+    assert!(agent.len() <= 512 + 32, "{agent}");
+
+    let mut service_ids = Vec::new();
+    for line in &lines[1..] {
+        assert_eq!(line["client_request_id"], valid, "{line}");
+        let id = line["request_id"].as_str().unwrap();
+        assert!(is_service_made(id), "{line}");
+        service_ids.push(id.to_owned());
+        assert_eq!(line["httpRequest"]["userAgent"], "observability-test/1");
+    }
+    // The same id from a client twice: two requests, two ids of the service's.
+    assert_ne!(service_ids[0], service_ids[1]);
+    for event in service.events.lock().unwrap().iter() {
+        assert!(event.to_string().len() < 16 * 1024, "{}", event["message"]);
+    }
+}

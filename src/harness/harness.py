@@ -591,13 +591,20 @@ class ResultEncoder:
 # after main() returns the regular files in it go back (return_files). Everything happens
 # inside the jail with the script's own rights, so nothing here can reach a file the script
 # could not; links, FIFOs and devices are still skipped, never opened through, and a file
-# that changes while being read is skipped, so the answer never holds a half-read file. The
-# service checks every path and size again: this frame is written by a process that ran
-# user code.
+# that changes while being read is skipped, so the answer never holds a half-read file. A
+# path the service would refuse (src/job.rs's rules: a name that is not UTF-8, a control
+# character or a backslash, a path over MAX_PATH_BYTES) is skipped with that reason, never
+# read: one odd name must not cost the whole answer, and a name decoded lossily must never
+# make two files one. The service checks every path, size and cap again (src/sandbox/
+# outcome.rs): this frame is written by a process that ran user code. The caps here are the
+# service's too (src/harness/mod.rs); golden/files_at_their_caps.json proves both sides agree.
 
 WORK_DIR = "work"
 MAX_WALK_DEPTH = 16
 MAX_SKIPPED = 64
+MAX_PATH_BYTES = 1024
+# What Rust's char::is_control is (C0, DEL, C1), and the backslash: deleted by str.translate.
+REFUSED_CHARACTERS = dict.fromkeys([*range(0x20), *range(0x7F, 0xA0), ord("\\")])
 CONTROL_BYTES = bytes(sorted(set(range(32)) - {9, 10, 13}))
 OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
@@ -653,8 +660,11 @@ class FileCollector:
         return self.frame()
 
     def skip(self, path, reason):
+        """Lists `path` as not sent back. A path the service would refuse is listed for that,
+        whatever else it is: a skipped entry passes every path rule but its reason's."""
+        reason = refused_path(path) or reason
         if len(self.skipped) < MAX_SKIPPED:
-            self.skipped.append({"path": path, "reason": reason})
+            self.skipped.append({"path": path.translate(SURROGATES), "reason": reason})
         else:
             self.truncated = True
 
@@ -679,7 +689,12 @@ class FileCollector:
                 finally:
                     os.close(child)
             elif entry.is_file(follow_symlinks=False):
-                if self.wanted(path):
+                if not self.wanted(path):
+                    continue
+                refused = refused_path(path)
+                if refused:
+                    self.skip(path, refused)
+                else:
                     self.read(dir_fd, name, path, entry)
             else:
                 self.skip(path, "not_a_regular_file")
@@ -741,6 +756,21 @@ class FileCollector:
         if self.skipped:
             out["skipped_files"] = self.skipped
         return out
+
+
+def refused_path(path):
+    """Why the service would refuse `path` as a returned file's (src/job.rs), else None: a
+    name that is not UTF-8 (os.scandir gives its bytes as lone surrogates), a control character
+    or a backslash, more than MAX_PATH_BYTES in all."""
+    try:
+        size = len(path.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "name_not_utf8"
+    if len(path.translate(REFUSED_CHARACTERS)) != len(path):
+        return "name_refused"
+    if size > MAX_PATH_BYTES:
+        return "path_too_long"
+    return None
 
 
 def read_at_most(fd, limit):
@@ -941,11 +971,38 @@ def enter(settings, filters):
     return reporter
 
 
-def run(reporter, limits, job):
-    """Makes the working directory with the job's input files, compiles and loads the
-    script, calls main() (with the job's input, when it has one), and reports the result
-    and, when asked, the files left in the working directory; never returns. With
-    `strict_result`, the result is plain json's or refused (no mapping, NaN an error)."""
+class unlimited_int_digits:
+    """Python refuses to turn an int of more than 4,300 digits into text or back (a guard for
+    programs parsing untrusted input); the harness's own reading of the job and writing of the
+    result lift it, so every digit of the input reaches main() and of its result the caller.
+    The script itself runs with Python's default."""
+
+    def __enter__(self):
+        self.before = sys.get_int_max_str_digits()
+        sys.set_int_max_str_digits(0)
+
+    def __exit__(self, *_):
+        sys.set_int_max_str_digits(self.before)
+
+
+def load_job(read_job, reporter, limits):
+    """The job, read and parsed only now, after "started": what the request sent counts as
+    the script's own, memory included, under the execution's limits."""
+    try:
+        data = read_job()
+        with unlimited_int_digits():
+            return json.loads(data)
+    except MemoryError:
+        finish(reporter.send, failed("memory_limit_exceeded", memory_limit_bytes=limits["memory_bytes"]))
+
+
+def run(reporter, limits, read_job):
+    """Reads the job (`read_job()` gives its JSON), makes the working directory with its input
+    files, compiles and loads the script, calls main() (with the job's input, when it has
+    one), and reports the result and, when asked, the files left in the working directory;
+    never returns. With `strict_result`, the result is plain json's or refused (no mapping,
+    NaN an error)."""
+    job = load_job(read_job, reporter, limits)
     inputs = make_workdir(job.get("files") or ())
     source = job["script"]
     # Tracebacks show the script's lines from here: no main.py needs to exist in the cwd.
@@ -1003,7 +1060,8 @@ def run(reporter, limits, job):
 
     encoder = None if job.get("strict_result") else ResultEncoder()
     try:
-        encoded = utf8(dumps(value) if encoder is None else encoder.encode(value))
+        with unlimited_int_digits():
+            encoded = utf8(dumps(value) if encoder is None else encoder.encode(value))
     except Unencodable as exc:
         path, problem, bad_type = exc.found
         finish(reporter.send, failed("result_not_serializable", type=bad_type, path=path, problem=problem))
@@ -1034,9 +1092,12 @@ def main():
     """The cold path: SETTINGS and the job's path on the command line."""
     settings, job_path = json.loads(sys.argv[1]), sys.argv[2]
     reporter = enter(settings, Filters(settings["seccomp"]))
-    with open(job_path, "rb") as file:
-        job = json.loads(file.read())
-    run(reporter, settings["limits"], job)
+
+    def read_job():
+        with open(job_path, "rb") as file:
+            return file.read()
+
+    run(reporter, settings["limits"], read_job)
 
 
 if __name__ == "__main__":

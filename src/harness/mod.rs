@@ -27,6 +27,12 @@ pub const HARNESS_FILE: &str = "harness.py";
 pub const JOB_FILE: &str = "job.json";
 /// The protocol version this service understands.
 const PROTOCOL_VERSION: u32 = 2;
+/// The most `skipped_files` entries an answer carries: the harness's `MAX_SKIPPED`, which the
+/// service holds every frame to as well (`sandbox::outcome`); `golden/files_at_their_caps.json`
+/// shows the harness stopping there.
+pub const MAX_SKIPPED: usize = 64;
+/// The most `nulls.paths` an answer carries: the harness's `MAX_NULL_PATHS`, held the same way.
+pub const MAX_NULL_PATHS: usize = 100;
 
 /// Writes the zygote and the harness into `dir`, readable by everyone (the zygote runs as an
 /// unprivileged host uid).

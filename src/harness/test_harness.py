@@ -265,6 +265,64 @@ class Files(unittest.TestCase):
             ],
         )
 
+    def test_a_name_the_service_refuses_is_skipped_never_the_answer(self):
+        frame = file_job(
+            "def main():\n    open('reports\\\\2024.csv', 'w').write('a')\n    open('ok.csv', 'w').write('b')\n"
+            "    open('tab\\there', 'w').write('c')\n    open('del\\x7f', 'w').write('d')\n",
+            return_files=True,
+        )
+        self.assertEqual([f["path"] for f in frame["files"]], ["ok.csv"])
+        self.assertEqual(
+            frame["skipped_files"],
+            [{"path": "del\x7f", "reason": "name_refused"}, {"path": "reports\\2024.csv", "reason": "name_refused"},
+             {"path": "tab\there", "reason": "name_refused"}],
+        )
+        self.assertFalse(frame["files_truncated"])
+
+    def test_names_that_are_not_utf8_are_skipped_and_never_made_one(self):
+        frame = file_job(
+            "import os\ndef main():\n    for name in (b'caf\\xe9.txt', b'caf\\xe8.txt'):\n"
+            "        os.close(os.open(name, os.O_WRONLY | os.O_CREAT))\n    open('caf\\ufffd.txt', 'w').write('real')\n",
+            return_files=True,
+        )
+        # A file really named with U+FFFD is valid UTF-8 and comes back, alone.
+        self.assertEqual([(f["path"], f["content"]) for f in frame["files"]], [("caf\ufffd.txt", "real")])
+        self.assertEqual(frame["skipped_files"], [{"path": "caf\ufffd.txt", "reason": "name_not_utf8"}] * 2)
+
+    def test_a_path_over_the_services_limit_is_skipped(self):
+        frame = file_job(
+            "import os\ndef main():\n    deep = '/'.join(['d' * 255] * 3 + ['d' * 251])\n    os.makedirs(deep)\n"
+            "    open(deep + '/fits', 'w').write('x')\n    open(deep + '/' + 'n' * 10, 'w').write('x')\n",
+            return_files=True,
+        )
+        deep = "/".join(["d" * 255] * 3 + ["d" * 251])
+        self.assertEqual(len(deep + "/fits"), harness.MAX_PATH_BYTES)
+        self.assertEqual([f["path"] for f in frame["files"]], [deep + "/fits"])
+        self.assertEqual(frame["skipped_files"], [{"path": deep + "/" + "n" * 10, "reason": "path_too_long"}])
+
+    def test_an_odd_name_a_pattern_does_not_want_is_not_listed(self):
+        frame = file_job(
+            "def main():\n    open('a\\\\b.log', 'w').write('a')\n    open('c\\\\d.csv', 'w').write('b')\n",
+            return_files=["*.csv"],
+        )
+        self.assertEqual(frame["files"], [])
+        self.assertEqual(frame["skipped_files"], [{"path": "c\\d.csv", "reason": "name_refused"}])
+
+    def test_a_link_with_an_odd_name_is_skipped_for_its_name(self):
+        frame = file_job("import os\ndef main():\n    os.symlink('/etc/passwd', 'a\\\\b')\n", return_files=True)
+        self.assertEqual(frame["skipped_files"], [{"path": "a\\b", "reason": "name_refused"}])
+
+    def test_refused_paths_are_the_services_rules(self):
+        for path, reason in [
+            ("ok/fine.csv", None), ("caf\u00e9/\ufffd.txt", None), ("a\\b", "name_refused"),
+            ("a\nb", "name_refused"), ("a\x00b", "name_refused"), ("c1\x85", "name_refused"),
+            ("nbsp\u00a0", None), (os.fsdecode(b"caf\xe9"), "name_not_utf8"),
+            (os.fsdecode(b"caf\xe9\\"), "name_not_utf8"), ("x" * harness.MAX_PATH_BYTES, None),
+            ("\u00e9" * 513, "path_too_long"),
+        ]:
+            with self.subTest(path=path):
+                self.assertEqual(harness.refused_path(path), reason)
+
     def test_the_caps_leave_files_out_and_say_so(self):
         frame = file_job(
             "def main():\n    for i in range(6):\n        open(f'f{i}', 'w').write('x' * 100)\n",

@@ -1,32 +1,44 @@
-"""pyexec's zygote: the warm path. A process inside an nsjail jail that imported the harness,
-numpy and pandas once and has never run user code; for each execution it forks a child, and
-the child makes itself a fresh jail before any user code runs.
+"""pyexec's zygote: the warm path. A process that imported the harness, numpy and pandas once
+and has never run user code; for each execution it forks a child, and the child makes itself a
+fresh jail before any user code runs.
 
-The service starts it as `python -I -u -X utf8 -B zygote.py` inside a jail of the active
-profile (src/sandbox/zygote.rs) with a SOCK_SEQPACKET control socket on fd 3, and sends:
+The service starts it as `python -I -u -X utf8 -B zygote.py` (in `strict` inside an nsjail jail
+of its own; in `cloudrun` directly, see src/sandbox/command.rs) with a SOCK_SEQPACKET control
+socket on fd 3, and sends (the Rust types in src/sandbox/zygote.rs):
 
-  init     {"namespaces": bool, "tmp_bytes": N, "preload": [MODULE, ...],
-            "seccomp": {"zygote": [HEX, ...], "script": [HEX, ...]}}
+  init     {"namespaces": bool, "preload": [MODULE, ...], "seccomp": {"zygote": [HEX, ...],
+            "script": [HEX, ...]}, "masks": [[SOURCE, TARGET], ...]}
            answered {"ready": pid} once the modules are imported;
-  request  {"id": N} with the descriptors [job, stdout, stderr, result, go], answered
-           {"id": N, "spawned": pid}, carrying SCM_CREDENTIALS of the child when the
-           zygote has a pid namespace of its own (the kernel translates the pid for the
-           service), and later {"id": N, "exit": wait_status}.
+  fork     {"fork": {}} with the descriptors [jail, job, stdout, stderr, result, go, status].
 
-The job is a memfd the child reads, never the zygote: {"uid": U, "cwd": PATH, "env": {...},
-"settings": {...}, "job": {"script": "...", ...}} (the harness's job, src/job.rs). So nothing
-of a script ever enters the zygote's memory, which every later child inherits. The child waits on `go` (the service has put it in its
-cgroup), then: fresh mount, ipc, uts and net namespaces (the zygote gave it a fresh pid
-namespace: it is process 1 there), its own /proc, a private /tmp and /sandbox (the script, as
-main.py, read-only), its stdio, a new session, every capability dropped (bounding set
-included), its own uid and gid, and the harness's enter(): rlimits, no_new_privs, the seccomp
-filters, "started". Then the harness runs the script as in the cold path.
+Each child has its own status socket (as CPython's forkserver gives each child its own pipe):
+the zygote answers on it {"spawned": pid}, with SCM_CREDENTIALS of the child when the zygote
+has a pid namespace of its own (the kernel translates the pid for the service), or
+{"error": why}; later {"exit": wait_status}; then closes it. So the zygote keeps no request ids,
+no counter, nothing of one execution that another could find.
+
+`jail` is a memfd with what the child needs to make itself a jail, written by the service:
+{"uid": U, "cwd": PATH, "tmp_bytes": N, "env": {...}, "settings": {...}}. `job` is a memfd
+with the harness's job (src/job.rs: the script, input, files), which the child reads only once
+the harness has said "started", under the execution's own limits; the zygote never reads
+either, so nothing of a script ever enters the memory every later child starts as a copy of.
+
+The child waits on `go` (the service has put it in its cgroup), then leaves the zygote's call
+stack: `serve` returns into `main`, so no frame a script can walk up to holds the zygote. Then:
+fresh mount, ipc, uts and net namespaces (the zygote gave it a fresh pid namespace: it is
+process 1 there), its own /proc with the host-wide counters masked, a private /tmp and an
+empty read-only /sandbox, its stdio, a new session, every capability dropped (bounding and
+inheritable sets, the ambient set where the kernel has one), its own uid and gid, every random
+generator the preloaded modules hold reseeded from the kernel, and the harness's enter():
+rlimits, no_new_privs, the seccomp filters, the confinement check, "started". Then the harness
+reads the job and runs the script as in the cold path.
 """
 
 import ctypes
 import gc
 import json
 import os
+import random
 import select
 import signal
 import socket
@@ -37,6 +49,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402  (found beside this file)
 
 CONTROL_FD = 3
+# In the child: where the job's memfd is until the harness reads it.
+JOB_FD = 4
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
@@ -83,6 +97,37 @@ def has_ambient_capabilities():
     return LIBC.prctl(PR_CAP_AMBIENT, ctypes.c_ulong(PR_CAP_AMBIENT_IS_SET), zero, zero, zero) >= 0
 
 
+def random_generators():
+    """Every random generator the loaded modules hold at their top level: what a fork would
+    hand every child the same state of (numpy's global RandomState first among them). Found by
+    looking, not from a list, so a module that brings its own is reseeded too."""
+    kinds = [random.Random]
+    numpy_random = sys.modules.get("numpy.random")
+    if numpy_random is not None:
+        kinds += [numpy_random.RandomState, numpy_random.Generator, numpy_random.BitGenerator]
+    kinds = tuple(kinds)
+    found = {}
+    for module in list(sys.modules.values()):
+        for value in list(getattr(module, "__dict__", {}).values()):
+            if isinstance(value, kinds) and not isinstance(value, random.SystemRandom):
+                found[id(value)] = value
+    return list(found.values())
+
+
+def reseed(generators):
+    """Fresh state from the kernel for each generator `random_generators` found."""
+    numpy_random = sys.modules.get("numpy.random")
+    for generator in generators:
+        if isinstance(generator, random.Random):
+            generator.seed()
+        elif isinstance(generator, numpy_random.RandomState):
+            generator.seed()
+        elif isinstance(generator, numpy_random.Generator):
+            generator.bit_generator.state = type(generator.bit_generator)().state
+        else:
+            generator.state = type(generator)().state
+
+
 def read_all(fd):
     chunks = []
     while True:
@@ -92,39 +137,63 @@ def read_all(fd):
         chunks.append(chunk)
 
 
+def send(fd, message, credentials_pid=None):
+    """One message on the socket `fd`, which stays open (a socket object would close it)."""
+    sock = socket.socket(fileno=fd)
+    try:
+        data = json.dumps(message).encode()
+        if credentials_pid is None:
+            sock.sendmsg([data])
+        else:
+            creds = struct.pack("3i", credentials_pid, os.getuid(), os.getgid())
+            sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, creds)])
+    finally:
+        sock.detach()
+
+
+class Child:
+    """What a forked child takes with it out of the zygote: its descriptors and what the
+    zygote prepared for every child. Nothing of other executions."""
+
+    def __init__(self, fds, zygote):
+        self.jail_fd, self.job_fd, self.out_fd, self.err_fd, self.result_fd, self.go_fd = fds
+        self.filters = zygote.script_filters
+        self.generators = zygote.generators
+        self.namespaces = zygote.namespaces
+        self.ambient = zygote.ambient
+        self.masks = zygote.masks
+
+
 class Zygote:
     def __init__(self, control):
         self.control = control
-        self.init = json.loads(control.recv(1 << 20))
-        for module in self.init["preload"]:
+        init = json.loads(control.recv(1 << 20))
+        for module in init["preload"]:
             __import__(module)
-        self.script_filters = harness.Filters(self.init["seccomp"]["script"])
-        harness.Filters(self.init["seccomp"]["zygote"]).install()
-        self.namespaces = self.init["namespaces"]
+        self.script_filters = harness.Filters(init["seccomp"]["script"])
+        harness.Filters(init["seccomp"]["zygote"]).install()
+        self.namespaces = init["namespaces"]
+        self.masks = [(source.encode(), target.encode()) for source, target in init["masks"]]
         self.ambient = has_ambient_capabilities()
+        self.generators = random_generators()
         self.own_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY) if self.namespaces else None
+        # Each child's status socket, by pid.
         self.children = {}
         # Children are reaped as they end; the wakeup pipe turns SIGCHLD into a readable fd.
-        self.wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.wake_read, self.wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.signal(signal.SIGCHLD, lambda *_: None)
-        signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
+        signal.set_wakeup_fd(self.wake_write, warn_on_full_buffer=False)
         # What is imported now stays put: the collector never touches these pages in a child,
         # so forking copies nothing of them.
         gc.collect()
         gc.freeze()
         if len(os.listdir("/proc/self/task")) != 1:
             raise SystemExit("the zygote must be single-threaded to fork safely")
-        self.send({"ready": os.getpid()})
-
-    def send(self, message, credentials_pid=None):
-        data = json.dumps(message).encode()
-        if credentials_pid is None:
-            self.control.sendmsg([data])
-        else:
-            creds = struct.pack("3i", credentials_pid, os.getuid(), os.getgid())
-            self.control.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, creds)])
+        self.control.sendmsg([json.dumps({"ready": os.getpid()}).encode()])
 
     def serve(self):
+        """Forks a child per request until the service closes the control socket; returns only
+        in a child, with what it takes along."""
         poller = select.poll()
         poller.register(self.control.fileno(), select.POLLIN)
         poller.register(self.wake_read, select.POLLIN)
@@ -132,8 +201,13 @@ class Zygote:
             for fd, _ in poller.poll():
                 if fd == self.wake_read:
                     self.reap()
-                elif not self.fork_one():
-                    return
+                    continue
+                message, fds, _, _ = socket.recv_fds(self.control, 1 << 16, 8)
+                if not message:
+                    raise SystemExit(0)  # the service closed its end: nothing more to do
+                child = self.fork_one(fds)
+                if child is not None:
+                    return child
 
     def reap(self):
         try:
@@ -148,64 +222,91 @@ class Zygote:
                 return
             if pid == 0:
                 return
-            request = self.children.pop(pid, None)
-            if request is not None:
-                self.send({"id": request, "exit": status})
+            status_fd = self.children.pop(pid, None)
+            if status_fd is not None:
+                try:
+                    send(status_fd, {"exit": status})
+                except OSError:
+                    pass  # the service gave up on it
+                os.close(status_fd)
 
-    def fork_one(self):
-        message, fds, _, _ = socket.recv_fds(self.control, 1 << 16, 8)
-        if not message:
-            return False  # the service closed its end: nothing more to do
-        request = json.loads(message)
+    def fork_one(self, fds):
+        """Forks one child for the descriptors of a request; the child's `Child` in the child,
+        None in the zygote."""
+        if len(fds) != 7:
+            for fd in fds:
+                os.close(fd)
+            return None
+        *theirs, status_fd = fds
         try:
             if self.namespaces:
                 check(LIBC.unshare(CLONE_NEWPID), "unshare(CLONE_NEWPID)")
             pid = os.fork()
         except OSError as error:
-            for fd in fds:
+            for fd in theirs:
                 os.close(fd)
-            self.send({"id": request["id"], "error": str(error)})
-            return True
+            try:
+                send(status_fd, {"error": str(error)})
+            finally:
+                os.close(status_fd)
+            return None
         if pid == 0:
-            child(self, fds)
+            return self.leave(theirs, status_fd)
         if self.namespaces:
             # Back to our own pid namespace, so the next fork gets a fresh one again.
             check(LIBC.setns(self.own_pid_namespace, CLONE_NEWPID), "setns(pid)")
-        for fd in fds:
+        for fd in theirs:
             os.close(fd)
-        self.children[pid] = request["id"]
+        self.children[pid] = status_fd
         # In a pid namespace the service cannot use our pid numbers: the kernel translates the
         # credentials (which needs CAP_SYS_ADMIN here, and the jail's user namespace gives
         # it). Without namespaces our pids are the service's, and an unprivileged container
         # could not send another process's credentials at all.
-        self.send({"id": request["id"], "spawned": pid}, credentials_pid=pid if self.namespaces else None)
-        return True
+        try:
+            send(status_fd, {"spawned": pid}, credentials_pid=pid if self.namespaces else None)
+        except OSError:
+            pass  # the service gave up on it: it never gets `go`, and ends by itself
+        return None
 
-
-def child(zygote, fds):
-    """Becomes one execution's jail, then its harness; never returns."""
-    try:
-        job_fd, out_fd, err_fd, result_fd, go_fd = fds
-        zygote.control.close()
+    def leave(self, theirs, status_fd):
+        """In a fresh child: lets go of everything of the zygote's, so that once `serve` has
+        returned nothing of it is left to find."""
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        os.close(zygote.wake_read)
-        if os.read(go_fd, 1) != b"g":
+        self.control.close()
+        for fd in [self.wake_read, self.wake_write, status_fd, *self.children.values()]:
+            os.close(fd)
+        if self.own_pid_namespace is not None:
+            os.close(self.own_pid_namespace)
+        self.children.clear()
+        return Child(theirs, self)
+
+
+def become_execution(child):
+    """Makes this child one execution's jail, then its harness; never returns."""
+    try:
+        if os.read(child.go_fd, 1) != b"g":
             os._exit(70)  # the service gave up on this execution
-        job = json.loads(read_all(job_fd))
-        if zygote.namespaces:
-            jail(job)
-        os.chdir(job["cwd"])
+        os.close(child.go_fd)
+        jail_doc = json.loads(read_all(child.jail_fd))
+        os.close(child.jail_fd)
+        if child.namespaces:
+            jail(jail_doc, child.masks)
+        os.chdir(jail_doc["cwd"])
         stdin = os.open("/dev/null", os.O_RDONLY)
-        for source, target in ((stdin, 0), (out_fd, 1), (err_fd, 2), (result_fd, 3)):
+        for source, target in ((stdin, 0), (child.out_fd, 1), (child.err_fd, 2),
+                               (child.result_fd, 3), (child.job_fd, JOB_FD)):
             os.dup2(source, target)
-        os.closerange(4, 1 << 16)
+        os.closerange(JOB_FD + 1, 1 << 16)
         os.environ.clear()
-        os.environ.update(job["env"])
+        os.environ.update(jail_doc["env"])
         os.setsid()
-        drop_privileges(job["uid"], zygote.ambient)
-        reporter = harness.enter(job["settings"], zygote.script_filters)
-        harness.run(reporter, job["settings"]["limits"], job["job"])
+        drop_privileges(jail_doc["uid"], child.ambient)
+        reseed(child.generators)
+        settings, filters = jail_doc["settings"], child.filters
+        del child, jail_doc
+        reporter = harness.enter(settings, filters)
+        harness.run(reporter, settings["limits"], lambda: read_job(JOB_FD))
     except BaseException as error:
         try:
             os.write(2, f"pyexec: the warm sandbox could not start: {error!r}\n".encode())
@@ -213,22 +314,27 @@ def child(zygote, fds):
             os._exit(71)
 
 
-def jail(job):
+def read_job(fd):
+    try:
+        return read_all(fd)
+    finally:
+        os.close(fd)
+
+
+def jail(jail_doc, masks):
     """Fresh namespaces and mounts for one execution (it is already process 1 of its own pid
     namespace): nothing another execution had or has."""
     check(LIBC.unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET), "unshare")
     mount(None, b"/", None, MS_REC | MS_PRIVATE)
     mount(b"proc", b"/proc", b"proc", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    uid = job["uid"]
-    tmp = f"size={job['tmp_bytes']},mode=0700,uid={uid},gid={uid}".encode()
+    for source, target in masks:
+        mount(source, target, None, MS_BIND)
+        mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    uid = jail_doc["uid"]
+    tmp = f"size={jail_doc['tmp_bytes']},mode=0700,uid={uid},gid={uid}".encode()
     mount(b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV, tmp)
-    source = job["job"]["script"].encode("utf-8", "surrogatepass")
-    sandbox = f"size={len(source) + 65536},mode=0755".encode()
-    mount(b"tmpfs", b"/sandbox", b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, sandbox)
-    fd = os.open(f"/sandbox/{harness.SCRIPT_FILENAME}", os.O_WRONLY | os.O_CREAT, 0o644)
-    os.write(fd, source)
-    os.close(fd)
-    mount(None, b"/sandbox", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    flags = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
+    mount(b"tmpfs", b"/sandbox", b"tmpfs", flags, b"size=4096,mode=0755")
 
 
 def drop_privileges(uid, ambient):
@@ -252,8 +358,9 @@ def drop_privileges(uid, ambient):
 
 
 def main():
-    control = socket.socket(fileno=CONTROL_FD)
-    Zygote(control).serve()
+    # `serve` returns only in a child, with the zygote gone from the stack and from memory;
+    # what it returns is referenced from `become_execution`'s frame alone, which lets it go.
+    become_execution(Zygote(socket.socket(fileno=CONTROL_FD)).serve())
 
 
 if __name__ == "__main__":

@@ -63,6 +63,7 @@ impl ApiError {
             | Self::ScriptFailed(_)
             | Self::InvalidJob(
                 JobError::Script(ValidationError::Empty)
+                | JobError::InputTooDeep { .. }
                 | JobError::FilePath { .. }
                 | JobError::FileContent { .. }
                 | JobError::TooManyFiles { .. }
@@ -100,6 +101,10 @@ impl ApiError {
             Self::BodyTimeout => ServiceError::RequestTimeout,
             Self::InvalidJob(error) => match error {
                 JobError::Script(ValidationError::Empty) => ServiceError::EmptyScript,
+                JobError::InputTooDeep { depth, limit } => ServiceError::InvalidInput {
+                    depth,
+                    limit_depth: limit,
+                },
                 JobError::Script(ValidationError::TooLarge { actual, limit }) => {
                     ServiceError::ScriptTooLarge {
                         script_bytes: actual,

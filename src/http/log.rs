@@ -1,9 +1,11 @@
 //! One structured log line per request, and its metrics: status, latency, sizes, user agent,
 //! the trace it belongs to, the outcome code and what the sandbox used; the request span adds
-//! method, route and request id. With JSON logs the line is in the shape Cloud Logging reads
-//! (`telemetry.rs`): its `http_request.*` fields become `httpRequest`, `trace` becomes
-//! `logging.googleapis.com/trace`. Script text and output are never logged. Handlers and the
-//! error mapping tell it what they know through response extensions.
+//! method, route and request ids. Every value a client chose (method, path, user agent) is
+//! logged [`bounded`](crate::telemetry::bounded), so no request makes a long line. With JSON
+//! logs the line is in the shape Cloud Logging reads (`telemetry.rs`): its `http_request.*`
+//! fields become `httpRequest`, `trace` becomes `logging.googleapis.com/trace`. Script text and
+//! output are never logged. Handlers and the error mapping tell it what they know through
+//! response extensions.
 
 use std::time::{Duration, Instant};
 
@@ -35,8 +37,8 @@ pub struct Usage {
 
 pub async fn access_log(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
+    let method = crate::telemetry::bounded(request.method().as_str()).into_owned();
+    let path = crate::telemetry::bounded(request.uri().path()).into_owned();
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -46,8 +48,7 @@ pub async fn access_log(State(state): State<AppState>, request: Request, next: N
     let request_size = content_length(headers);
     let user_agent = headers
         .get(header::USER_AGENT)
-        .and_then(|value| value.to_str().ok())
-        .map(str::to_owned);
+        .map(crate::telemetry::header_text);
     let trace = trace_id(headers).map(|id| match &state.config.server.trace_project {
         Some(project) => format!("projects/{project}/traces/{id}"),
         None => id,
@@ -59,7 +60,7 @@ pub async fn access_log(State(state): State<AppState>, request: Request, next: N
     let usage = extensions.get::<Usage>().copied();
     let status = response.status().as_u16();
     tracing::info!(
-        http_request.request_method = %method,
+        http_request.request_method = method,
         http_request.request_url = path,
         http_request.status = status,
         http_request.latency = format!("{:.6}s", took.as_secs_f64()),

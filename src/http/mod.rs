@@ -10,6 +10,7 @@ mod info;
 mod log;
 mod metrics;
 mod openapi;
+mod request_id;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -17,12 +18,12 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
 pub use extract::BodyBudget;
+pub use request_id::RequestIds;
 
 use crate::app::AppState;
 use crate::telemetry;
@@ -52,18 +53,18 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             log::access_log,
         ))
-        // Listed outermost first: the request id exists before the span reads it.
+        // Listed outermost first: the request ids exist before the span reads them, and every
+        // answer, the backstop's included, carries one.
         .layer(
             ServiceBuilder::new()
-                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                .layer(axum::middleware::from_fn(request_id::request_ids))
                 .layer(
                     TraceLayer::new_for_http()
                         .make_span_with(telemetry::request_span)
                         // One line per request comes from `log::access_log`, inside this span.
                         .on_response(())
                         .on_failure(()),
-                )
-                .layer(PropagateRequestIdLayer::x_request_id()),
+                ),
         )
         .with_state(state)
 }

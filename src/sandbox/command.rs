@@ -61,6 +61,8 @@ pub struct Run<'a> {
     /// The seccomp filters the harness installs before any user code, hex-encoded
     /// (`seccomp::filters`).
     pub seccomp: &'a [String],
+    /// What covers the host-wide `/proc` counters, bound over them in a namespaced jail.
+    pub masks: &'a [super::masks::Mask],
 }
 
 /// nsjail nowhere else than here: nsjail itself gets an empty environment. The whole chain
@@ -116,6 +118,12 @@ pub fn build(run: &Run<'_>) -> Command {
                 "--mount",
                 &format!("none:/tmp:tmpfs:size={}", run.limits.tmp_bytes),
             ]);
+        for mask in run.masks {
+            let mut bind = OsString::from(&mask.source);
+            bind.push(":");
+            bind.push(&mask.target);
+            cmd.arg("--bindmount_ro").arg(bind);
+        }
     } else {
         let id = run.uid.to_string();
         cmd.args(["--user", &id, "--group", &id]);
@@ -148,6 +156,8 @@ pub struct ZygoteJail<'a> {
     pub profile: Profile,
     /// The host directory holding `zygote.py` and `harness.py`.
     pub dir: &'a Path,
+    /// The covers of `/proc` entries (`masks.rs`), seen at `/masks` in a namespaced jail.
+    pub masks_dir: &'a Path,
     /// The zygote's own host uid and gid (root inside its user namespace).
     pub uid: u32,
     /// The slots' host uids, which its children take.
@@ -187,14 +197,20 @@ pub fn zygote(jail: &ZygoteJail<'_>) -> Command {
         }
         let mut bind = OsString::from(jail.dir);
         bind.push(format!(":{ZYGOTE_DIR}"));
-        cmd.arg("--bindmount_ro").arg(bind).args([
-            "--mount",
-            "none:/tmp:tmpfs:size=4096",
-            "--mount",
-            &format!("none:{JAIL_WORKDIR}:tmpfs:size=4096"),
-            "--cwd",
-            "/",
-        ]);
+        let mut masks = OsString::from(jail.masks_dir);
+        masks.push(":/masks");
+        cmd.arg("--bindmount_ro")
+            .arg(bind)
+            .arg("--bindmount_ro")
+            .arg(masks)
+            .args([
+                "--mount",
+                "none:/tmp:tmpfs:size=4096",
+                "--mount",
+                &format!("none:{JAIL_WORKDIR}:tmpfs:size=4096"),
+                "--cwd",
+                "/",
+            ]);
         for (name, value) in script_env(jail.profile, Path::new("/")) {
             let mut pair = OsString::from(format!("{name}="));
             pair.push(&value);
@@ -311,6 +327,7 @@ mod tests {
             cgroup_dirs: cgroups,
             python_args: None,
             seccomp: &[],
+            masks: &[],
         }
     }
 

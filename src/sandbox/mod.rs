@@ -7,6 +7,7 @@ mod block;
 mod cgroup;
 mod cleanup;
 mod command;
+mod masks;
 mod outcome;
 mod packages;
 mod phases;
@@ -34,7 +35,7 @@ pub use startup::{ProfileFailure, StartError, WarmState};
 
 use crate::config::{Limits, Profile, ProfileChoice, SandboxConfig};
 use crate::harness;
-use crate::job::{HarnessJob, Job};
+use crate::job::Job;
 use crate::validate::validate;
 use block::Block;
 use cgroup::Cgroups;
@@ -77,6 +78,8 @@ pub struct Sandbox {
     executions: AtomicU64,
     /// The seccomp filters every script gets, compiled once, hex-encoded for the harness.
     seccomp: Vec<String>,
+    /// What covers the host-wide `/proc` counters in a namespaced jail (`masks.rs`).
+    masks: Vec<masks::Mask>,
     /// The warm path, where it is on and started.
     warm: Mutex<Option<Arc<Warm>>>,
     /// What the sandbox Python has installed, read once it works (`packages.rs`).
@@ -144,6 +147,7 @@ impl Sandbox {
             cancel,
             executions: AtomicU64::new(0),
             seccomp: hex_filters(seccomp::Subject::Script),
+            masks: Vec::new(),
             warm: Mutex::new(None),
             installed: Mutex::new(Arc::default()),
         }
@@ -241,6 +245,11 @@ impl Sandbox {
     /// counts in admission) until its sweep is done, in the background.
     #[tracing::instrument(skip_all, fields(script_bytes = job.script.as_str().len()))]
     pub async fn execute(&self, ticket: Ticket, job: &Job) -> Result<Execution, SandboxError> {
+        if self.block.is_none() {
+            return Err(SandboxError::Unavailable(
+                "the sandbox has not been started".to_owned(),
+            ));
+        }
         let begun = Instant::now();
         let mut slot = ticket.acquire().await?;
         let mut phases = Phases {
@@ -264,16 +273,16 @@ impl Sandbox {
             watchdog::Watchdog::start(slot.uid, dirs, job.limits.memory_bytes)
         });
         let warm = match self.zygote(profile) {
-            Some(zygote) => self.run_warm(profile, &zygote, &slot, &workdir, job).await,
+            Some((zygote, share)) => {
+                self.run_warm(profile, (&zygote, share), &slot, &workdir, job)
+                    .await
+            }
             None => Err(zygote::Unavailable("the warm path is off".to_owned())),
         };
         let (finished, path) = match warm {
             Ok(finished) => (finished, "warm"),
             Err(unavailable) => {
-                if let Some(warm) = self.warm_path() {
-                    tracing::debug!(reason = %unavailable, "running cold");
-                    warm.restart();
-                }
+                tracing::debug!(reason = %unavailable, "running cold");
                 (self.run_cold(profile, &slot, &workdir, job).await?, "cold")
             }
         };
@@ -297,12 +306,20 @@ impl Sandbox {
         } else {
             slot.release_now(phases, path).await;
         }
-        let outcome = outcome::classify(
+        let mut outcome = outcome::classify(
             &finished,
             profile,
             usage.oom_killed || over_memory,
             &job.limits,
         )?;
+        // A frame the script forged may carry files nobody asked for: they are not answered.
+        if let Outcome::Returned(returned) = &mut outcome
+            && job.return_files == crate::protocol::ReturnFiles::All(false)
+        {
+            returned.files = None;
+            returned.files_truncated = false;
+            returned.skipped_files.clear();
+        }
         Ok(Execution {
             outcome,
             output: outcome::output(finished),
@@ -353,6 +370,7 @@ impl Sandbox {
             cgroup_dirs: slot.cgroup().map(cgroup::Cgroup::dirs).unwrap_or_default(),
             python_args: None,
             seccomp: &self.seccomp,
+            masks: &self.masks,
         });
         let time_limit = limits.time_limit();
         process::run(
@@ -371,7 +389,7 @@ impl Sandbox {
     async fn run_warm(
         &self,
         profile: Profile,
-        zygote: &Zygote,
+        (zygote, share): (&Arc<Zygote>, zygote::Share),
         slot: &Slot,
         workdir: &Path,
         job: &Job,
@@ -391,18 +409,25 @@ impl Sandbox {
             slot.uid
         };
         let limits = &job.limits;
-        let warm_job = serde_json::to_vec(&WarmJob {
+        let unencodable =
+            |error: serde_json::Error| zygote::Unavailable(format!("the job: {error}"));
+        let jail = serde_json::to_vec(&WarmJail {
             uid,
             cwd: &cwd,
             tmp_bytes: limits.tmp_bytes,
             env,
             settings: command::settings(limits, slot.cgroup().is_some()),
-            job: job.to_harness(),
         })
-        .map_err(|error| zygote::Unavailable(format!("the job: {error}")))?;
+        .map_err(unencodable)?;
+        let harness_job = serde_json::to_vec(&job.to_harness()).map_err(unencodable)?;
         let started = Instant::now();
         let mut forked = zygote
-            .fork(&warm_job, [stdout_writer, stderr_writer, result_writer])
+            .fork(
+                share,
+                &jail,
+                &harness_job,
+                [stdout_writer, stderr_writer, result_writer],
+            )
             .await?;
         if let Some(cgroup) = slot.cgroup() {
             cgroup.join(forked.pid()).map_err(unavailable)?;
@@ -426,11 +451,11 @@ impl Sandbox {
         .map_err(unavailable)
     }
 
-    /// The zygote for executions in `profile`, if the warm path is on and it runs.
-    fn zygote(&self, profile: Profile) -> Option<Arc<Zygote>> {
-        self.warm_path()
-            .filter(|warm| warm.profile() == profile)
-            .and_then(|warm| warm.zygote())
+    /// The zygote for executions in `profile`, and how many executions it may serve, if the
+    /// warm path is on and a zygote runs that has not served its share.
+    fn zygote(&self, profile: Profile) -> Option<(Arc<Zygote>, zygote::Share)> {
+        let warm = self.warm_path().filter(|warm| warm.profile() == profile)?;
+        warm.zygote().map(|zygote| (zygote, warm.share()))
     }
 
     /// The warm path, once started.
@@ -467,6 +492,7 @@ impl Sandbox {
             cgroup_dirs: slot.cgroup().map(cgroup::Cgroup::dirs).unwrap_or_default(),
             python_args: Some(python_args),
             seccomp: &self.seccomp,
+            masks: &self.masks,
         });
         let caps = Caps {
             stdout: LOG_CAP,
@@ -562,16 +588,16 @@ impl Sandbox {
     }
 }
 
-/// What the zygote's child reads from its memfd (`zygote.py`): the job, and what it needs to
-/// make itself a jail first.
+/// What the zygote's child reads from its first memfd (`zygote.py`), before anything else:
+/// how to make itself the execution's jail. The job comes in a second memfd, read only once
+/// the harness has said `started`.
 #[derive(serde::Serialize)]
-struct WarmJob<'a> {
+struct WarmJail<'a> {
     uid: u32,
     cwd: &'a Path,
     tmp_bytes: u64,
     env: serde_json::Map<String, serde_json::Value>,
     settings: serde_json::Value,
-    job: HarnessJob<'a>,
 }
 
 /// An execution's directory and cgroup, and how long each took to make.

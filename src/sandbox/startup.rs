@@ -15,8 +15,10 @@ use std::time::{Duration, Instant};
 
 use super::block::Block;
 use super::cgroup::Cgroups;
-use super::zygote::Warm;
-use super::{Execution, Outcome, Sandbox, SandboxError, blocking, hex_filters, packages, seccomp};
+use super::zygote::{Share, Warm};
+use super::{
+    Execution, Outcome, Sandbox, SandboxError, blocking, hex_filters, masks, packages, seccomp,
+};
 use crate::config::{Limits, Profile, ProfileChoice, SandboxConfig};
 use crate::harness;
 
@@ -24,8 +26,12 @@ use crate::harness;
 const HEALTH_RETRY: Duration = Duration::from_secs(10);
 /// The canary run at start-up and by the health check: interpreter, harness and jail.
 pub(super) const CANARY: &str = "def main():\n    return 'ok'\n";
-/// Where an instance keeps the profiles its jails read, in its work directory.
+/// Where an instance keeps the profiles its jails read, in its work directory ...
 const PROFILES_DIR: &str = "profiles";
+/// ... and what covers the host-wide `/proc` counters in them (`masks.rs`).
+const MASKS_DIR: &str = "proc-masks";
+/// Where a namespaced zygote sees the covers.
+const ZYGOTE_MASKS: &str = "/masks";
 
 /// The last canary's result.
 #[derive(Debug, Clone)]
@@ -83,14 +89,19 @@ impl Sandbox {
     pub async fn start(config: SandboxConfig, limits: Limits) -> Result<Self, StartError> {
         let mut sandbox = Self::new(config, limits);
         let (uid_base, work_root) = (sandbox.config.uid_base, sandbox.config.work_root.clone());
-        let (block, quarantined) = blocking(move || {
+        let memory_bytes = sandbox.limits.memory_bytes;
+        let (block, quarantined, masks) = blocking(move || {
             let block = Block::claim(uid_base, &work_root)?;
             let quarantined = block.sweep_leftovers();
-            Ok::<_, String>((block, quarantined))
+            let dir = block.work_dir().join(MASKS_DIR);
+            let masks = masks::install(&dir, memory_bytes)
+                .map_err(|error| format!("cannot write {}: {error}", dir.display()))?;
+            Ok::<_, String>((block, quarantined, masks))
         })
         .await
         .map_err(|error| StartError::NoBlock(error.to_string()))?
         .map_err(StartError::NoBlock)?;
+        sandbox.masks = masks;
         // Without a user namespace the jail starts unprivileged and reads its profile itself:
         // the instance's copy (`choose` makes it, each time) is readable by every slot,
         // wherever the configured files are.
@@ -226,21 +237,39 @@ impl Sandbox {
             .await
             .map_err(|error| error.to_string())?
             .map_err(|error| format!("cannot write the zygote: {error}"))?;
-        let init = serde_json::json!({
-            "namespaces": profile.namespaced(),
-            "preload": self.config.preload,
-            "seccomp": {
-                "zygote": hex_filters(seccomp::Subject::Zygote),
-                "script": self.seccomp,
+        let masks = if profile.namespaced() {
+            self.masks
+                .iter()
+                .filter_map(|mask| {
+                    let name = mask.source.file_name()?;
+                    let source = Path::new(ZYGOTE_MASKS).join(name);
+                    Some((source, mask.target.clone()))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let init = serde_json::to_vec(&ZygoteInit {
+            namespaces: profile.namespaced(),
+            preload: &self.config.preload,
+            seccomp: ZygoteFilters {
+                zygote: hex_filters(seccomp::Subject::Zygote),
+                script: &self.seccomp,
             },
-        });
+            masks,
+        })
+        .map_err(|error| format!("the zygote's init: {error}"))?;
+        let share = Share {
+            executions: self.config.zygote_max_executions,
+            age: Duration::from_secs(self.config.zygote_max_age_secs),
+        };
         let warm = Arc::new(Warm::new(
             self.config.clone(),
             profile,
-            dir,
-            block.uids().end - 1,
-            self.slots.uids(),
+            (dir, block.work_dir().join(MASKS_DIR)),
+            (block.uids().end - 1, self.slots.uids()),
             init,
+            share,
         ));
         warm.start().await?;
         *self.warm.lock().unwrap_or_else(PoisonError::into_inner) = Some(warm);
@@ -357,6 +386,23 @@ impl Sandbox {
         }
         Ok(())
     }
+}
+
+/// What a zygote is told when it starts (`zygote.py`'s docstring).
+#[derive(Debug, serde::Serialize)]
+struct ZygoteInit<'a> {
+    namespaces: bool,
+    preload: &'a [String],
+    seccomp: ZygoteFilters<'a>,
+    /// `[cover, /proc entry]` pairs, as the zygote sees them.
+    masks: Vec<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+/// The zygote's own seccomp filters, and every script's.
+#[derive(Debug, serde::Serialize)]
+struct ZygoteFilters<'a> {
+    zygote: Vec<String>,
+    script: &'a [String],
 }
 
 /// Every failure, as one line: `strict: why; cloudrun: why`.

@@ -1,14 +1,22 @@
-//! The warm path's host side. One zygote per instance: a Python process inside a jail of the
-//! active profile (`command::zygote`) that imported the harness, numpy and pandas once and has
-//! never run user code. For each execution the service asks it, over a `SOCK_SEQPACKET`
-//! control socket, for one child, handing it the execution's pipes and a job (the script and
-//! its settings, in a memfd only the child reads); the zygote answers with the child's pid (as
-//! `SCM_CREDENTIALS`, which the kernel translates into the service's pid namespace, when the
-//! zygote has a pid namespace of its own; without namespaces, in the message), the
-//! service puts that pid in the execution's cgroup and lets the child go, and the zygote
-//! reports its wait status when it ends. The child jails itself before any user code runs (see
-//! `src/harness/zygote.py`); the service supervises it like a cold jail
+//! The warm path's host side. One zygote per instance at a time: a Python process (in `strict`
+//! inside a jail of its own, `command::zygote`) that imported the harness, numpy and pandas
+//! once and has never run user code. For each execution the service asks it, over a
+//! `SOCK_SEQPACKET` control socket, for one child, handing it the execution's pipes, two memfds
+//! only the child reads (how to jail itself, and the job, which it reads after `started`), a
+//! `go` pipe and a status socket of the child's own (as `CPython`'s forkserver gives each child
+//! its own pipe: no request ids, no shared table of waiters). On that socket the zygote answers
+//! with the child's pid (as `SCM_CREDENTIALS`, which the kernel translates into the service's
+//! pid namespace, when the zygote has a pid namespace of its own; without namespaces, in the
+//! message), the service puts that pid in the execution's cgroup and lets the child go, and
+//! the zygote reports its wait status when it ends. The child jails itself before any user code
+//! runs (see `src/harness/zygote.py`); the service supervises it like a cold jail
 //! (`process::supervise`) and classifies it with the same code.
+//!
+//! What a fork cannot renew (the hash secret, the address layout, `AT_RANDOM`) every child of
+//! one zygote shares, so a zygote serves a bounded number of executions for a bounded time
+//! (`sandbox.zygote_max_executions`, `sandbox.zygote_max_age_secs`): near either bound a fresh
+//! one is started in the background and takes over once ready; past it, executions run cold
+//! until then. A zygote that died is started again at once, then with backoff while it fails.
 //!
 //! Why a zygote and not a pool of pre-started jails: a pool only hides latency (each jail still
 //! pays nsjail, the interpreter and the imports in CPU, and B0 alone is about 15 ms of CPU),
@@ -16,7 +24,6 @@
 //! 2-core machine needs; and a child of the zygote gets fresh namespaces, uid, `/tmp` and
 //! filters just as a cold jail does. See BENCHMARKS.md and the closing note of issue 9.
 
-use std::collections::HashMap;
 use std::io::{self, IoSlice, IoSliceMut, Write};
 use std::mem::MaybeUninit;
 use std::ops::Range;
@@ -24,9 +31,9 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
 
 use command_fds::{CommandFdExt, FdMapping};
 use rustix::net::{
@@ -34,57 +41,108 @@ use rustix::net::{
     SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
 };
 use rustix::process::{Pid, Signal, kill_process, kill_process_group};
-use serde_json::{Value, json};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::sync::oneshot;
 
 use super::command::{self, ZygoteJail};
 use super::process::Jailed;
 use crate::config::{Profile, SandboxConfig};
 
-/// How long to wait before starting a zygote again.
-const RESTART_PAUSE: Duration = Duration::from_secs(1);
 /// How long the zygote may take to import what it preloads.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a fork may take before the zygote is deemed stuck.
 const FORK_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest control message.
 const MESSAGE_BYTES: usize = 64 * 1024;
+/// The pause after the first failed start of a zygote, doubled after each further one ...
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+/// ... up to this.
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// A fork request: its descriptors say the rest.
+const FORK_REQUEST: &[u8] = b"{\"fork\": {}}";
 
-/// The warm path of one instance: how to start its zygote, the one running, and its restarts.
+/// How many executions one zygote may serve, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct Share {
+    pub executions: u64,
+    pub age: Duration,
+}
+
+impl Share {
+    /// Whether a zygote that forked `forks` children and was born `age` ago is near its end
+    /// (nine tenths of either bound): time to warm its successor.
+    fn nearly_used(self, forks: u64, age: Duration) -> bool {
+        forks.saturating_mul(10) >= self.executions.saturating_mul(9) || age * 10 >= self.age * 9
+    }
+}
+
+/// What the zygote says on a child's status socket.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+enum Status {
+    /// The child's pid, as the zygote sees it.
+    Spawned(i64),
+    /// It could not fork.
+    Error(String),
+    /// The child's wait status.
+    Exit(i32),
+}
+
+/// The zygote's first message.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Ready {
+    #[serde(rename = "ready")]
+    _pid: i64,
+}
+
+/// The warm path of one instance: how to start its zygote, the one in use, and its successors.
 #[derive(Debug)]
 pub struct Warm {
     config: SandboxConfig,
     profile: Profile,
     dir: PathBuf,
+    masks_dir: PathBuf,
     uid: u32,
     slot_uids: Range<u32>,
-    init: Value,
+    /// The init message (`zygote.py`'s docstring), serialized.
+    init: Vec<u8>,
+    share: Share,
     zygote: Mutex<Option<Arc<Zygote>>>,
-    restarting: AtomicBool,
+    /// A successor is being started.
+    renewing: AtomicBool,
+    /// Starts that failed in a row, and when the next may be tried.
+    failures: AtomicU32,
+    retry_at: Mutex<Option<Instant>>,
 }
 
 impl Warm {
-    /// The warm path for a jail of `profile` with its files in `dir`, run as `uid`, its
-    /// children as `slot_uids`; `init` is what the zygote is told at start.
+    /// The warm path for a jail of `profile` with its files in `dirs` (the zygote's, and the
+    /// covers of `/proc` entries), run as `ids.0`, its children as `ids.1`; `init` is what each
+    /// zygote is told at start.
     pub fn new(
         config: SandboxConfig,
         profile: Profile,
-        dir: PathBuf,
-        uid: u32,
-        slot_uids: Range<u32>,
-        init: Value,
+        dirs: (PathBuf, PathBuf),
+        ids: (u32, Range<u32>),
+        init: Vec<u8>,
+        share: Share,
     ) -> Self {
         Self {
             config,
             profile,
-            dir,
-            uid,
-            slot_uids,
+            dir: dirs.0,
+            masks_dir: dirs.1,
+            uid: ids.0,
+            slot_uids: ids.1,
             init,
+            share,
             zygote: Mutex::new(None),
-            restarting: AtomicBool::new(false),
+            renewing: AtomicBool::new(false),
+            failures: AtomicU32::new(0),
+            retry_at: Mutex::new(None),
         }
     }
 
@@ -93,42 +151,102 @@ impl Warm {
         self.profile
     }
 
-    /// The zygote, while it runs.
-    pub fn zygote(&self) -> Option<Arc<Zygote>> {
-        let zygote = self.zygote.lock().unwrap_or_else(PoisonError::into_inner);
-        zygote.as_ref().filter(|zygote| zygote.is_alive()).cloned()
+    /// The zygote to fork from now, if one runs and has not served its share; asks for a
+    /// successor when it is near its end, or gone.
+    pub fn zygote(self: &Arc<Self>) -> Option<Arc<Zygote>> {
+        let current = self
+            .zygote
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let Some(zygote) = current.filter(|zygote| zygote.is_alive()) else {
+            self.renew();
+            return None;
+        };
+        let (forks, age) = (zygote.forks.load(Ordering::SeqCst), zygote.born.elapsed());
+        if self.share.nearly_used(forks, age) {
+            self.renew();
+        }
+        (forks < self.share.executions && age < self.share.age).then_some(zygote)
+    }
+
+    /// How many executions a zygote may serve.
+    pub fn share(&self) -> Share {
+        self.share
     }
 
     /// Starts a zygote and makes it the one in use.
-    pub async fn start(&self) -> Result<(), String> {
+    pub async fn start(self: &Arc<Self>) -> Result<(), String> {
         let jail = ZygoteJail {
             config: &self.config,
             profile: self.profile,
             dir: &self.dir,
+            masks_dir: &self.masks_dir,
             uid: self.uid,
             slot_uids: self.slot_uids.clone(),
         };
-        let zygote = Zygote::start(&jail, &self.init).await?;
-        *self.zygote.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(zygote));
+        let zygote = Arc::new(Zygote::start(&jail, &self.init).await?);
+        *self.zygote.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&zygote));
+        // Idle or not, it is replaced in time: the next one is warm before this one ages out.
+        let (warm, age) = (Arc::downgrade(self), self.share.age);
+        tokio::spawn(async move {
+            tokio::time::sleep(age.mul_f64(0.9)).await;
+            if let Some(warm) = Weak::upgrade(&warm) {
+                let current = warm
+                    .zygote
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
+                if current.is_some_and(|current| Arc::ptr_eq(&current, &zygote)) {
+                    warm.renew();
+                }
+            }
+        });
         Ok(())
     }
 
-    /// Starts a new zygote in the background after a pause, once at a time; executions run
-    /// cold meanwhile.
-    pub fn restart(self: &Arc<Self>) {
-        if self.restarting.swap(true, Ordering::SeqCst) {
+    /// Starts a successor in the background, one at a time, and makes it the one in use once
+    /// it is ready; the one it replaces lives on until its last child ends. After failed
+    /// starts, waits (1 s, doubling up to 60 s) before the next.
+    pub fn renew(self: &Arc<Self>) {
+        if self
+            .retry_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|at| Instant::now() < at)
+        {
+            return;
+        }
+        if self.renewing.swap(true, Ordering::SeqCst) {
             return;
         }
         let warm = Arc::clone(self);
         tokio::spawn(async move {
-            tokio::time::sleep(RESTART_PAUSE).await;
+            let started = Instant::now();
             match warm.start().await {
-                Ok(()) => tracing::info!("the warm path is back"),
+                Ok(()) => {
+                    warm.failures.store(0, Ordering::SeqCst);
+                    *warm.retry_at.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                    tracing::info!(
+                        took_ms = crate::telemetry::millis(started.elapsed()),
+                        "a fresh zygote took over"
+                    );
+                }
                 Err(reason) => {
-                    tracing::error!(reason, "the warm path did not come back; scripts run cold");
+                    let failures = warm.failures.fetch_add(1, Ordering::SeqCst);
+                    let pause = BACKOFF_FIRST
+                        .saturating_mul(1 << failures.min(6))
+                        .min(BACKOFF_MAX);
+                    *warm.retry_at.lock().unwrap_or_else(PoisonError::into_inner) =
+                        Some(Instant::now() + pause);
+                    tracing::error!(
+                        reason,
+                        retry_in_ms = crate::telemetry::millis(pause),
+                        "a zygote did not start; scripts run cold meanwhile"
+                    );
                 }
             }
-            warm.restarting.store(false, Ordering::SeqCst);
+            warm.renewing.store(false, Ordering::SeqCst);
         });
     }
 }
@@ -137,18 +255,14 @@ impl Warm {
 #[derive(Debug)]
 pub struct Zygote {
     control: Arc<AsyncFd<OwnedFd>>,
-    pending: Arc<Mutex<HashMap<u64, Waiters>>>,
-    next: AtomicU64,
     alive: Arc<AtomicBool>,
-    /// Its jail (nsjail), killed with the zygote.
-    _jail: tokio::process::Child,
-}
-
-/// Who waits for what about one request.
-#[derive(Debug, Default)]
-struct Waiters {
-    spawned: Option<oneshot::Sender<Result<Pid, String>>>,
-    exited: Option<oneshot::Sender<i32>>,
+    namespaced: bool,
+    /// Children asked for, so far.
+    forks: AtomicU64,
+    born: Instant,
+    /// Its process (or its jail), killed when the last holder lets go: the warm path, or an
+    /// execution still running in one of its children.
+    _process: tokio::process::Child,
 }
 
 /// The zygote could not serve a request: the execution should go the cold way.
@@ -158,7 +272,7 @@ pub struct Unavailable(pub String);
 
 impl Zygote {
     /// Starts the zygote in `jail` and waits until it has imported everything `init` asks for.
-    pub async fn start(jail: &ZygoteJail<'_>, init: &Value) -> Result<Self, String> {
+    pub async fn start(jail: &ZygoteJail<'_>, init: &[u8]) -> Result<Self, String> {
         let (ours, theirs) = rustix::net::socketpair(
             AddressFamily::UNIX,
             SocketType::SEQPACKET,
@@ -166,8 +280,6 @@ impl Zygote {
             None,
         )
         .map_err(|error| format!("socketpair: {error}"))?;
-        rustix::net::sockopt::set_socket_passcred(&ours, true)
-            .map_err(|error| format!("SO_PASSCRED: {error}"))?;
         let mut cmd = command::zygote(jail);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -198,31 +310,31 @@ impl Zygote {
             tokio::spawn(forward_log(output));
         }
         let control = Arc::new(register(ours).map_err(|error| error.to_string())?);
-        send(&control, &serde_json::to_vec(init).unwrap_or_default(), &[])
+        send(&control, init, &[])
             .await
             .map_err(|error| format!("cannot reach the zygote: {error}"))?;
-        let ready = tokio::time::timeout(START_TIMEOUT, receive(&control))
+        let ready = tokio::time::timeout(START_TIMEOUT, receive::<Ready>(&control))
             .await
             .map_err(|_| "the zygote did not get ready in time".to_owned())?
             .map_err(|error| format!("the zygote's control socket: {error}"))?;
-        match ready.map(|(message, _)| message) {
-            Some(message) if message.get("ready").is_some() => {}
-            other => return Err(format!("the zygote failed to start: {other:?}")),
+        if ready.is_none() {
+            return Err("the zygote failed to start (see its lines in the log)".to_owned());
         }
-        let pending = Arc::new(Mutex::new(HashMap::new()));
         let alive = Arc::new(AtomicBool::new(true));
-        tokio::spawn(read_loop(
-            Arc::clone(&control),
-            Arc::clone(&pending),
-            Arc::clone(&alive),
-            jail.profile.namespaced(),
-        ));
+        let (watched, flag) = (Arc::clone(&control), Arc::clone(&alive));
+        tokio::spawn(async move {
+            // The zygote sends nothing more on this socket: it ends when the zygote does.
+            while let Ok(Some(_)) = receive::<serde_json::Value>(&watched).await {}
+            flag.store(false, Ordering::SeqCst);
+            tracing::info!("a zygote ended");
+        });
         Ok(Self {
             control,
-            pending,
-            next: AtomicU64::new(0),
             alive,
-            _jail: child,
+            namespaced: jail.profile.namespaced(),
+            forks: AtomicU64::new(0),
+            born: Instant::now(),
+            _process: child,
         })
     }
 
@@ -230,67 +342,85 @@ impl Zygote {
         self.alive.load(Ordering::SeqCst)
     }
 
-    /// Asks for one child running `job`, with `outputs` (stdout, stderr, result: write ends)
-    /// as its stdio and result channel; the child waits for [`Forked::go`].
-    pub async fn fork(&self, job: &[u8], outputs: [OwnedFd; 3]) -> Result<Forked, Unavailable> {
+    /// Asks for one child that jails itself as `jail` says and runs `job`, with `outputs`
+    /// (stdout, stderr, result: write ends) as its stdio and result channel; the child waits
+    /// for [`Forked::go`]. `share` caps how many children this zygote gives.
+    pub async fn fork(
+        self: &Arc<Self>,
+        share: Share,
+        jail: &[u8],
+        job: &[u8],
+        outputs: [OwnedFd; 3],
+    ) -> Result<Forked, Unavailable> {
         let unavailable = |what: &str| Unavailable(what.to_owned());
+        let failed = |error: io::Error| Unavailable(error.to_string());
         if !self.is_alive() {
             return Err(unavailable("the zygote is not running"));
         }
-        let job = memfd(job).map_err(|error| Unavailable(format!("the job: {error}")))?;
-        let (go_read, go_write) = io::pipe().map_err(|error| Unavailable(error.to_string()))?;
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let (spawned_tx, spawned_rx) = oneshot::channel();
-        let (exited_tx, exited_rx) = oneshot::channel();
-        self.pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(
-                id,
-                Waiters {
-                    spawned: Some(spawned_tx),
-                    exited: Some(exited_tx),
-                },
-            );
+        if self.forks.fetch_add(1, Ordering::SeqCst) >= share.executions {
+            return Err(unavailable("the zygote has served its share of executions"));
+        }
+        let jail = memfd("pyexec-jail", jail).map_err(failed)?;
+        let job = memfd("pyexec-job", job).map_err(failed)?;
+        let (go_read, go_write) = io::pipe().map_err(failed)?;
+        let (status, theirs) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )
+        .map_err(|error| failed(error.into()))?;
+        if self.namespaced {
+            rustix::net::sockopt::set_socket_passcred(&status, true)
+                .map_err(|error| failed(error.into()))?;
+        }
         let go_read = OwnedFd::from(go_read);
         let fds = [
+            jail.as_fd(),
             job.as_fd(),
             outputs[0].as_fd(),
             outputs[1].as_fd(),
             outputs[2].as_fd(),
             go_read.as_fd(),
+            theirs.as_fd(),
         ];
-        let request = serde_json::to_vec(&json!({ "id": id })).unwrap_or_default();
-        let sent = send(&self.control, &request, &fds).await;
+        let sent = send(&self.control, FORK_REQUEST, &fds).await;
         // Ours are no longer needed: the child's copies are what it writes to and reads.
-        drop((job, outputs, go_read));
-        let forget = || {
-            self.pending
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&id);
-        };
+        drop((jail, job, outputs, go_read, theirs));
         if let Err(error) = sent {
-            forget();
+            self.alive.store(false, Ordering::SeqCst);
             return Err(Unavailable(format!("cannot reach the zygote: {error}")));
         }
-        let pid = match tokio::time::timeout(FORK_TIMEOUT, spawned_rx).await {
-            Ok(Ok(Ok(pid))) => pid,
-            Ok(Ok(Err(error))) => {
-                forget();
+        let status = register(status).map_err(failed)?;
+        let pid = match tokio::time::timeout(FORK_TIMEOUT, receive::<Status>(&status)).await {
+            Ok(Ok(Some((Status::Spawned(said), credentials)))) => {
+                let pid = if self.namespaced {
+                    credentials
+                } else {
+                    i32::try_from(said).ok().and_then(Pid::from_raw)
+                };
+                pid.ok_or_else(|| unavailable("the zygote named no child pid"))?
+            }
+            Ok(Ok(Some((Status::Error(error), _)))) => {
                 return Err(Unavailable(format!("the zygote could not fork: {error}")));
             }
-            Ok(Err(_)) => return Err(unavailable("the zygote stopped")),
+            Ok(Ok(Some((Status::Exit(_), _)))) => {
+                return Err(unavailable("the zygote reported an exit before a spawn"));
+            }
+            Ok(Ok(None)) => return Err(unavailable("the zygote stopped")),
+            Ok(Err(error)) => return Err(Unavailable(format!("the status socket: {error}"))),
             Err(_) => {
-                forget();
+                // Stuck: no later execution should wait for it too.
+                self.alive.store(false, Ordering::SeqCst);
                 return Err(unavailable("the zygote did not fork in time"));
             }
         };
         Ok(Forked {
             pid,
             go: Some(OwnedFd::from(go_write)),
-            exited: Some(exited_rx),
+            status_socket: status,
             status: None,
+            _zygote: Arc::clone(self),
         })
     }
 }
@@ -300,8 +430,11 @@ impl Zygote {
 pub struct Forked {
     pid: Pid,
     go: Option<OwnedFd>,
-    exited: Option<oneshot::Receiver<i32>>,
+    /// Where the zygote says how it ended.
+    status_socket: AsyncFd<OwnedFd>,
     status: Option<ExitStatus>,
+    /// The zygote lives while one of its children runs: its end would kill them.
+    _zygote: Arc<Zygote>,
 }
 
 impl Forked {
@@ -324,13 +457,15 @@ impl Jailed for Forked {
         if let Some(status) = self.status {
             return Ok(status);
         }
-        // Polled again after a cancelled wait (`select!`), so the receiver stays until it
-        // answers. Without an answer the zygote is gone, and its end was the child's end.
-        let raw = match &mut self.exited {
-            Some(exited) => exited.await.unwrap_or(Signal::KILL.as_raw()),
-            None => Signal::KILL.as_raw(),
+        // Polled again after a cancelled wait (`select!`): `receive` loses nothing then.
+        // Without an answer the zygote is gone, and its end was the child's end.
+        let raw = loop {
+            match receive::<Status>(&self.status_socket).await {
+                Ok(Some((Status::Exit(raw), _))) => break raw,
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break Signal::KILL.as_raw(),
+            }
         };
-        self.exited = None;
         let status = ExitStatus::from_raw(raw);
         self.status = Some(status);
         Ok(status)
@@ -363,69 +498,18 @@ fn register(socket: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
     AsyncFd::new(socket)
 }
 
-/// The job in a memfd, read from its start by the child.
-fn memfd(bytes: &[u8]) -> io::Result<OwnedFd> {
-    let fd = rustix::fs::memfd_create("pyexec-job", rustix::fs::MemfdFlags::CLOEXEC)?;
+/// `bytes` in a memfd called `name`, read from its start by the child.
+fn memfd(name: &str, bytes: &[u8]) -> io::Result<OwnedFd> {
+    let fd = rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::CLOEXEC)?;
     let mut file = std::fs::File::from(fd);
     file.write_all(bytes)?;
     rustix::fs::seek(&file, rustix::fs::SeekFrom::Start(0))?;
     Ok(OwnedFd::from(file))
 }
 
-/// Routes the zygote's messages to the executions waiting for them; when the zygote ends,
-/// every waiter learns it. A child's pid comes from the credentials the kernel translated
-/// when the zygote is in a pid namespace of its own; without namespaces its pids are the
-/// service's, and it says the pid in the message (sending another process's pid as
-/// credentials takes `CAP_SYS_ADMIN`, which an unprivileged container lacks).
-async fn read_loop(
-    control: Arc<AsyncFd<OwnedFd>>,
-    pending: Arc<Mutex<HashMap<u64, Waiters>>>,
-    alive: Arc<AtomicBool>,
-    namespaced: bool,
-) {
-    while let Ok(Some((message, pid))) = receive(&control).await {
-        let Some(id) = message["id"].as_u64() else {
-            continue;
-        };
-        let mut pending = pending.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(waiters) = pending.get_mut(&id) else {
-            continue;
-        };
-        if let Some(said) = message.get("spawned") {
-            let pid = if namespaced {
-                pid
-            } else {
-                said.as_i64()
-                    .and_then(|pid| i32::try_from(pid).ok())
-                    .and_then(Pid::from_raw)
-            };
-            if let Some(spawned) = waiters.spawned.take() {
-                let _ = spawned.send(pid.ok_or_else(|| "no child pid".to_owned()));
-            }
-        } else if let Some(error) = message["error"].as_str() {
-            if let Some(spawned) = waiters.spawned.take() {
-                let _ = spawned.send(Err(error.to_owned()));
-            }
-            pending.remove(&id);
-        } else if let Some(status) = message["exit"].as_i64() {
-            if let Some(exited) = waiters.exited.take() {
-                let _ = exited.send(i32::try_from(status).unwrap_or(-1));
-            }
-            pending.remove(&id);
-        }
-    }
-    alive.store(false, Ordering::SeqCst);
-    tracing::error!("the zygote stopped; executions go the cold way until it is back");
-    // Dropping the senders tells every waiter.
-    pending
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clear();
-}
-
 /// Sends one message, with `fds` passed along.
 async fn send(control: &AsyncFd<OwnedFd>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(5))];
+    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(7))];
     loop {
         let mut guard = control.writable().await?;
         let sent = guard.try_io(|fd| {
@@ -448,8 +532,10 @@ async fn send(control: &AsyncFd<OwnedFd>, bytes: &[u8], fds: &[BorrowedFd<'_>]) 
     }
 }
 
-/// Receives one message: its JSON and the pid its credentials carry; `None` at the end.
-async fn receive(control: &AsyncFd<OwnedFd>) -> io::Result<Option<(Value, Option<Pid>)>> {
+/// Receives one message: what it says and the pid its credentials carry; `None` at the end.
+async fn receive<T: DeserializeOwned>(
+    control: &AsyncFd<OwnedFd>,
+) -> io::Result<Option<(T, Option<Pid>)>> {
     let mut buffer = vec![0; MESSAGE_BYTES];
     let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmCredentials(1))];
     loop {

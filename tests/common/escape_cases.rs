@@ -58,6 +58,17 @@ pub const GVISOR_DIFFERS: &[(&str, Expect, &str)] = &[
     ),
 ];
 
+/// Collects, as JSON, every value a script can read that two fresh processes should not share
+/// (`state_probe.py`), for `same_state_as_the_previous_execution`.
+const STATE_PROBE: &str = concat!(
+    include_str!("state_probe.py"),
+    r#"
+import json
+def main():
+    return json.dumps(probe())
+"#
+);
+
 /// Another execution that runs at the same time as the attack (started first).
 pub struct Neighbour {
     pub script: &'static str,
@@ -128,10 +139,14 @@ def main():
 /// Looks for the canary everywhere it can read: its own memory (a child of the zygote starts
 /// as a copy of it), its environment, the files of every temp directory it can see and every
 /// process's arguments and environment it may read.
-const SEARCH_CANARY: &str = r#"
+const SEARCH_CANARY: &str = concat!(
+    r#"
 import os, re, stat, tempfile
 WANTED = {NONCE}
 PREFIX = b"PYEXEC-" + b"CANARY-"
+"#,
+    include_str!("files_under.py"),
+    r#"
 def has_canary(data):
     for match in re.finditer(re.escape(PREFIX) + rb"(\d+)", data):
         if int(match.group(1)) == WANTED:
@@ -155,18 +170,16 @@ def main():
     if any(has_canary(v.encode()) for v in os.environ.values()):
         found.append("environment")
     for root in {tempfile.gettempdir(), "/tmp", "/var/tmp", "/dev/shm", os.getcwd()}:
-        for dirpath, _, names in os.walk(root):
-            for name in names:
-                try:
-                    path = os.path.join(dirpath, name)
-                    # Small regular files only: a link could lead to a big host file.
-                    st = os.lstat(path)
-                    if stat.S_ISREG(st.st_mode) and st.st_size <= 4096:
-                        with open(path, "rb", opener=lambda p, f: os.open(p, f | os.O_NONBLOCK | os.O_NOFOLLOW)) as f:
-                            if has_canary(f.read(4096)):
-                                found.append("file " + path)
-                except OSError:
-                    pass
+        for path in files_under(root):
+            try:
+                # Small regular files only: a link could lead to a big host file.
+                st = os.lstat(path)
+                if stat.S_ISREG(st.st_mode) and st.st_size <= 4096:
+                    with open(path, "rb", opener=lambda p, f: os.open(p, f | os.O_NONBLOCK | os.O_NOFOLLOW)) as f:
+                        if has_canary(f.read(4096)):
+                            found.append("file " + path)
+            except OSError:
+                pass
     for pid in filter(str.isdigit, os.listdir("/proc")):
         for part in ("cmdline", "environ"):
             try:
@@ -176,7 +189,8 @@ def main():
             except OSError:
                 pass
     return "found in: " + ", ".join(found) if found else "not found"
-"#;
+"#
+);
 
 #[expect(
     clippy::too_many_lines,
@@ -326,31 +340,34 @@ def main():
             }),
             ..case(
                 "tmp_visible_to_a_concurrent_execution",
-                r#"
+                concat!(
+                    r#"
 import os, stat, time
+"#,
+                    include_str!("files_under.py"),
+                    r#"
 def main():
     time.sleep(0.5)
     wanted, seen = ("SEC" + "RET-" + "{NONCE}").encode(), 0
     for root in ["/tmp", "/var/tmp", "/dev/shm", "/run/lock"]:
-        for dirpath, dirnames, filenames in os.walk(root):
-            for name in filenames:
-                seen += 1
-                if seen > 20000:
-                    return "gave up"
-                path = os.path.join(dirpath, name)
-                try:
-                    # The secret is a small regular file; the host's big files would only eat
-                    # the time limit, and a FIFO someone holds open has nothing to read.
-                    st = os.lstat(path)
-                    if not stat.S_ISREG(st.st_mode) or st.st_size > 4096:
-                        continue
-                    with open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NONBLOCK)) as f:
-                        if wanted in f.read(4096):
-                            return "found in " + path
-                except OSError:
-                    pass
+        for path in files_under(root):
+            seen += 1
+            if seen > 20000:
+                return "gave up"
+            try:
+                # The secret is a small regular file; the host's big files would only eat
+                # the time limit, and a FIFO someone holds open has nothing to read.
+                st = os.lstat(path)
+                if not stat.S_ISREG(st.st_mode) or st.st_size > 4096:
+                    continue
+                with open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NONBLOCK)) as f:
+                    if wanted in f.read(4096):
+                        return "found in " + path
+            except OSError:
+                pass
     return "not found"
-"#,
+"#
+                ),
                 Returns("not found"),
                 Returns("not found"),
             )
@@ -391,6 +408,91 @@ def main():
                 SEARCH_CANARY,
                 Returns("not found"),
                 Returns("not found"),
+            )
+        },
+        Case {
+            before: Some(STATE_PROBE),
+            ..case(
+                "same_state_as_the_previous_execution",
+                concat!(
+                    include_str!("state_probe.py"),
+                    r#"
+import json
+def main():
+    before, now = json.loads(r"""{BEFORE}"""), probe()
+    same = sorted(name for name in now if name in before and now[name] == before[name])
+    missing = sorted(set(before) ^ set(now))
+    if missing:
+        return "different values: " + ", ".join(missing)
+    return "same: " + ", ".join(same) if same else "fresh"
+"#
+                ),
+                Returns("fresh"),
+                Returns("fresh"),
+            )
+        },
+        case(
+            "reach_the_zygote",
+            r#"
+import gc, sys
+def main():
+    found = []
+    frame = sys._getframe()
+    while frame is not None:
+        for name, value in list(frame.f_locals.items()):
+            kind = type(value)
+            if kind.__name__ in ("Zygote", "Child") or "socket" in kind.__name__:
+                found.append(f"{frame.f_code.co_name}.{name}")
+        frame = frame.f_back
+    for value in gc.get_objects():
+        kind = type(value)
+        if kind.__name__ in ("Zygote", "Child") and kind.__module__ in ("__main__", "zygote"):
+            found.append(f"a live {kind.__name__}")
+        elif kind.__name__ == "socket" and kind.__module__ == "socket":
+            found.append(f"a socket object (fd {value.fileno()})")
+    return "found: " + ", ".join(sorted(set(found))) if found else "nothing of the zygote"
+"#,
+            Returns("nothing of the zygote"),
+            Returns("nothing of the zygote"),
+        ),
+        Case {
+            during: Some(Neighbour {
+                script: r#"
+import os, time
+def main():
+    time.sleep(0.2)
+    for _ in range(100):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+    return "forked"
+"#,
+                returns: "forked",
+            }),
+            ..case(
+                "count_a_concurrent_execution_s_activity",
+                r#"
+import os, time
+FILES = ["/proc/stat", "/proc/loadavg", "/proc/meminfo", "/proc/vmstat", "/proc/uptime"]
+def read():
+    seen = {}
+    for path in FILES + [os.path.join("/proc/pressure", name) for name in ("cpu", "io", "memory")]:
+        try:
+            with open(path) as f:
+                seen[path] = f.read()
+        except OSError:
+            pass
+    return seen
+def main():
+    first = read()
+    time.sleep(1.5)
+    changed = sorted(path for path, text in read().items() if first.get(path) != text)
+    print("changed:", ", ".join(changed))
+    return "changed" if changed else "constant"
+"#,
+                Returns("constant"),
+                Returns("changed"),
             )
         },
         case(

@@ -54,7 +54,7 @@ pub fn test_config(work_root: &Path) -> Config {
 
 /// What an instance keeps in its work directory for as long as it runs: the warm path's
 /// files and the jail profiles.
-pub const INSTANCE_FILES: [&str; 2] = ["zygote", "profiles"];
+pub const INSTANCE_FILES: [&str; 3] = ["zygote", "profiles", "proc-masks"];
 
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
