@@ -591,3 +591,61 @@ async fn a_forged_final_frame_is_held_to_every_cap_the_harness_applies() {
         assert_eq!(body["nulls"]["count"], 3000, "{context}");
     }
 }
+
+/// Whatever a request sends, the harness reads it inside the execution, after `started`,
+/// under the execution's own limits: an integer of 5,000 digits reaches `main` and comes back
+/// with every digit, and 9 MB of input under a 64 MiB memory limit is the script's own memory
+/// (it fits, or 400 `memory_limit_exceeded`), never the sandbox's failure (503, as it was when
+/// the warm child parsed the job before `started`). In both profiles, warm and cold.
+#[tokio::test]
+async fn input_the_harness_reads_is_the_script_s_own_never_a_5xx() {
+    let digits = format!("1{}", "0".repeat(4999));
+    let big = "x".repeat(9 << 20);
+    for (profile, warm) in [
+        (ProfileChoice::Strict, true),
+        (ProfileChoice::Strict, false),
+        (ProfileChoice::CloudRun, true),
+        (ProfileChoice::CloudRun, false),
+    ] {
+        let app = app(profile, warm).await;
+        let context = format!("{profile:?} warm={warm}");
+        // serde_json's Value cannot hold the number: the body goes and comes as text.
+        let text = format!(r#"{{"script": "def main(n):\n    return n", "input": {digits}}}"#);
+        let response = app
+            .client
+            .post(app.url("/execute"))
+            .header("content-type", "application/json")
+            .body(text)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{context}");
+        let answer = response.text().await.unwrap();
+        assert!(
+            answer.starts_with(&format!(r#"{{"result":{digits},"#)),
+            "{context}: {}",
+            answer.chars().take(300).collect::<String>()
+        );
+
+        let (status, answer) = post(
+            &app,
+            json!({
+                "script": "def main(text):\n    return len(text)",
+                "input": big,
+                "limits": {"memory_bytes": 64 << 20},
+            }),
+        )
+        .await;
+        // It fits or it does not, as the script's own memory; either way never a 5xx.
+        let shown = answer.to_string().chars().take(300).collect::<String>();
+        match status {
+            200 => assert_eq!(answer["result"], big.len(), "{context}: {shown}"),
+            400 => assert_eq!(
+                error_code(&answer),
+                "memory_limit_exceeded",
+                "{context}: {shown}"
+            ),
+            _ => panic!("{context}: {status} {shown}"),
+        }
+    }
+}
