@@ -188,7 +188,12 @@ impl Warm {
         let zygote = Arc::new(Zygote::start(&jail, &self.init).await?);
         *self.zygote.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&zygote));
         // Idle or not, it is replaced in time: the next one is warm before this one ages out.
-        let (warm, age) = (Arc::downgrade(self), self.share.age);
+        // Weak: the timer must keep neither the warm path nor a replaced zygote alive.
+        let (warm, zygote, age) = (
+            Arc::downgrade(self),
+            Arc::downgrade(&zygote),
+            self.share.age,
+        );
         tokio::spawn(async move {
             tokio::time::sleep(age.mul_f64(0.9)).await;
             if let Some(warm) = Weak::upgrade(&warm) {
@@ -197,7 +202,9 @@ impl Warm {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .clone();
-                if current.is_some_and(|current| Arc::ptr_eq(&current, &zygote)) {
+                if current
+                    .is_some_and(|current| std::ptr::eq(Arc::as_ptr(&current), zygote.as_ptr()))
+                {
                     warm.renew();
                 }
             }
