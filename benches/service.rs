@@ -216,11 +216,17 @@ async fn baselines() -> BTreeMap<&'static str, (Sample, Sample)> {
     let sandbox = Sandbox::start(config.sandbox, config.limits).await.unwrap();
     let mut baselines = BTreeMap::new();
     for (name, args, sequential, parallel) in [("B0", B0, 20, 5), ("B1", B1, 6, 2)] {
-        sandbox.baseline(args).await.unwrap();
+        pyexec::sandbox::bench::baseline(&sandbox, args)
+            .await
+            .unwrap();
         let begun = Instant::now();
         let mut one = Vec::new();
         for _ in 0..sequential {
-            one.push(sandbox.baseline(args).await.unwrap());
+            one.push(
+                pyexec::sandbox::bench::baseline(&sandbox, args)
+                    .await
+                    .unwrap(),
+            );
         }
         let one = Sample {
             latencies: one,
@@ -230,7 +236,11 @@ async fn baselines() -> BTreeMap<&'static str, (Sample, Sample)> {
         let workers = (0..8).map(|_| async {
             let mut times = Vec::new();
             for _ in 0..parallel {
-                times.push(sandbox.baseline(args).await.unwrap());
+                times.push(
+                    pyexec::sandbox::bench::baseline(&sandbox, args)
+                        .await
+                        .unwrap(),
+                );
             }
             times
         });

@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
+use crate::admission::BodyBudget;
 use crate::config::Config;
-use crate::http::BodyBudget;
 use crate::metrics::Metrics;
 use crate::sandbox::{Sandbox, StartError};
 

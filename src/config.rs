@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 /// Everything the service can be told, grouped by who uses it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
@@ -115,8 +115,9 @@ pub struct SandboxConfig {
     pub zygote_max_age_secs: u64,
 }
 
-/// Per-execution limits (also shown by `GET /`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
+/// Per-execution limits. `GET /` publishes them as [`crate::protocol::ServiceLimits`], whose
+/// names and words are the API's; these are the operator's.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Largest script, in bytes of UTF-8. Default 102,400 (100 KiB).
@@ -153,8 +154,24 @@ pub struct Limits {
 }
 
 /// A jail profile, weakest first: `cloudrun` < `strict`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::VariantNames,
+)]
+#[strum(
+    serialize_all = "lowercase",
+    parse_err_ty = String,
+    parse_err_fn = strongest_first
+)]
 pub enum Profile {
     /// No namespaces: Cloud Run's first generation (gVisor).
     CloudRun,
@@ -163,76 +180,85 @@ pub enum Profile {
 }
 
 /// The configured profile: one, or `auto` to probe for the strongest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, strum::EnumString, strum::IntoStaticStr, strum::VariantNames,
+)]
+#[strum(
+    serialize_all = "lowercase",
+    parse_err_ty = String,
+    parse_err_fn = expected::<Self>
+)]
 pub enum ProfileChoice {
     Auto,
     Strict,
     CloudRun,
 }
 
-impl Profile {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::CloudRun => "cloudrun",
-            Self::Strict => "strict",
-        }
-    }
-}
-
-impl FromStr for Profile {
-    type Err = String;
-
-    fn from_str(value: &str) -> Result<Self, Self::Err> {
-        match value {
-            "strict" => Ok(Self::Strict),
-            "cloudrun" => Ok(Self::CloudRun),
-            _ => Err("expected `strict` or `cloudrun`".to_owned()),
-        }
-    }
-}
-
-impl ProfileChoice {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Auto => "auto",
-            Self::Strict => "strict",
-            Self::CloudRun => "cloudrun",
-        }
-    }
-}
-
-impl FromStr for ProfileChoice {
-    type Err = String;
-
-    fn from_str(value: &str) -> Result<Self, Self::Err> {
-        match value {
-            "auto" => Ok(Self::Auto),
-            "strict" => Ok(Self::Strict),
-            "cloudrun" => Ok(Self::CloudRun),
-            _ => Err("expected `auto`, `strict` or `cloudrun`".to_owned()),
-        }
-    }
-}
-
 /// The log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, strum::EnumString, strum::IntoStaticStr, strum::VariantNames,
+)]
+#[strum(
+    serialize_all = "lowercase",
+    parse_err_ty = String,
+    parse_err_fn = expected::<Self>
+)]
 pub enum LogFormat {
     Text,
     Json,
 }
 
-impl FromStr for LogFormat {
-    type Err = String;
-
-    fn from_str(value: &str) -> Result<Self, Self::Err> {
-        match value {
-            "text" => Ok(Self::Text),
-            "json" => Ok(Self::Json),
-            _ => Err("expected `text` or `json`".to_owned()),
-        }
+impl Profile {
+    pub fn name(self) -> &'static str {
+        self.into()
     }
+}
+
+impl ProfileChoice {
+    pub fn name(self) -> &'static str {
+        self.into()
+    }
+}
+
+/// The settings that are one of a few names. Their spellings are strum's alone: the file
+/// and the environment both read them through `FromStr`, so they accept the same names and
+/// refuse others with the same words.
+macro_rules! deserialize_by_name {
+    ($($name:ty),*) => {$(
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let name = String::deserialize(deserializer)?;
+                name.parse()
+                    .map_err(|expected| serde::de::Error::custom(format!("{name:?}: {expected}")))
+            }
+        }
+    )*};
+}
+
+deserialize_by_name!(Profile, ProfileChoice, LogFormat);
+
+/// Why a name is not one of `T`'s: "expected `a`, `b` or `c`".
+fn expected<T: strum::VariantNames>(_refused: &str) -> String {
+    one_of(T::VARIANTS.iter())
+}
+
+/// As [`expected`], strongest first, as `auto` is followed in [`ProfileChoice`]'s message.
+fn strongest_first(_refused: &str) -> String {
+    one_of(<Profile as strum::VariantNames>::VARIANTS.iter().rev())
+}
+
+fn one_of<'a>(names: impl ExactSizeIterator<Item = &'a &'static str>) -> String {
+    let last = names.len().saturating_sub(1);
+    let mut message = "expected ".to_owned();
+    for (at, name) in names.enumerate() {
+        let joint = match at {
+            0 => "",
+            _ if at == last => " or ",
+            _ => ", ",
+        };
+        message.extend([joint, "`", name, "`"]);
+    }
+    message
 }
 
 impl Default for ServerConfig {
@@ -296,9 +322,18 @@ impl Default for Limits {
     }
 }
 
+/// The least memory an execution may be given: with less, Python cannot start with numpy.
+pub const MIN_MEMORY_BYTES: u64 = 64 << 20;
+
 impl Limits {
     pub fn time_limit(&self) -> Duration {
         Duration::from_millis(self.time_limit_ms)
+    }
+
+    /// The least memory a request may ask for: [`MIN_MEMORY_BYTES`], or all there is when
+    /// the limit is lower (which only tests can configure; [`Config::load`] refuses it).
+    pub fn memory_floor(&self) -> u64 {
+        MIN_MEMORY_BYTES.min(self.memory_bytes)
     }
 }
 
@@ -468,7 +503,7 @@ impl Config {
                 "sandbox.uid_base must be at least 1000: never root or a system user",
             ),
             (
-                limits.memory_bytes < 64 << 20,
+                limits.memory_bytes < MIN_MEMORY_BYTES,
                 "limits.memory_bytes must be at least 64 MiB",
             ),
             (limits.processes == 0, "limits.processes must be at least 1"),
@@ -572,6 +607,56 @@ mod tests {
         let error = Config::from_file(&dir.path().join("missing.toml")).unwrap_err();
         let chain = crate::telemetry::ErrorChain(&error).to_string();
         assert_eq!(chain.matches("No such file").count(), 1, "{chain}");
+    }
+
+    #[test]
+    fn named_settings_take_the_same_spellings_from_the_file_and_the_environment() {
+        assert_eq!("strict".parse(), Ok(Profile::Strict));
+        assert_eq!("cloudrun".parse(), Ok(Profile::CloudRun));
+        assert_eq!("auto".parse(), Ok(ProfileChoice::Auto));
+        assert_eq!("cloudrun".parse(), Ok(ProfileChoice::CloudRun));
+        assert_eq!("json".parse(), Ok(LogFormat::Json));
+        assert_eq!(Profile::CloudRun.name(), "cloudrun");
+        assert_eq!(ProfileChoice::Auto.name(), "auto");
+        let config: Config = toml::from_str(
+            "[server]\nlog_format = \"json\"\n[sandbox]\nprofile = \"cloudrun\"\nrequire = \"strict\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.server.log_format, LogFormat::Json);
+        assert_eq!(config.sandbox.profile, ProfileChoice::CloudRun);
+        assert_eq!(config.sandbox.require, Profile::Strict);
+        // Exactly these: no other case, no `cloud_run`.
+        assert!("Strict".parse::<Profile>().is_err());
+        assert!("cloud_run".parse::<ProfileChoice>().is_err());
+    }
+
+    #[test]
+    fn a_bad_name_says_which_names_are_expected() {
+        assert_eq!(
+            "fast".parse::<Profile>(),
+            Err("expected `strict` or `cloudrun`".to_owned())
+        );
+        assert_eq!(
+            "fast".parse::<ProfileChoice>(),
+            Err("expected `auto`, `strict` or `cloudrun`".to_owned())
+        );
+        assert_eq!(
+            "yaml".parse::<LogFormat>(),
+            Err("expected `text` or `json`".to_owned())
+        );
+        let error = Config::load(env(&[("PYEXEC_PROFILE", "fast")])).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid value \"fast\" in environment variable PYEXEC_PROFILE: \
+             expected `auto`, `strict` or `cloudrun`"
+        );
+        let error = toml::from_str::<Config>("[server]\nlog_format = \"yaml\"\n").unwrap_err();
+        assert!(
+            error
+                .message()
+                .contains("\"yaml\": expected `text` or `json`"),
+            "{error}"
+        );
     }
 
     #[test]

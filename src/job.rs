@@ -22,8 +22,6 @@ pub const MAX_PATH_BYTES: usize = 1024;
 /// Glob patterns in `return_files`, and the bytes of each.
 pub const MAX_PATTERNS: usize = 16;
 pub const MAX_PATTERN_BYTES: usize = 256;
-/// The smallest memory limit a request may ask for: less does not start Python with numpy.
-pub const MIN_MEMORY_BYTES: u64 = 64 << 20;
 /// Arrays and objects nested in `input`: Python's `json` reads a few hundred levels and
 /// serde's own default limit is 128, so 100 is more than data needs, and a 400 here is
 /// better than a failure deep in the sandbox.
@@ -337,7 +335,7 @@ fn apply(requested: RequestLimits, limits: &Limits) -> Result<Limits, JobError> 
     if let Some(time) = check("time_ms", requested.time_ms, 1, limits.time_limit_ms)? {
         applied.time_limit_ms = time;
     }
-    let memory_floor = MIN_MEMORY_BYTES.min(limits.memory_bytes);
+    let memory_floor = limits.memory_floor();
     if let Some(memory) = check(
         "memory_bytes",
         requested.memory_bytes,

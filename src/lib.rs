@@ -1,6 +1,7 @@
 //! pyexec: a REST service that runs untrusted Python scripts in nsjail and answers with what
 //! their `main()` returned and what they printed.
 
+pub mod admission;
 pub mod app;
 pub mod config;
 pub mod failure;

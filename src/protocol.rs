@@ -1,20 +1,23 @@
 //! The service's wire types: what `/execute`, `/health` and `/` take and answer, with their
-//! OpenAPI schemas. Serde and schema derives only, and the one hand-written deserializer that
-//! makes the request's errors precise; no logic. A script's failure is
-//! [`ScriptFailure`], shared with the harness and the sandbox.
+//! OpenAPI schemas, and the status each error `code` is answered with. Serde and schema derives,
+//! the one hand-written deserializer that makes the request's errors precise, and conversions
+//! into wire types; no other logic. A script's failure is [`ScriptFailure`] (`failure.rs`),
+//! shared with the harness and the sandbox. Nothing here depends on the sandbox or the HTTP
+//! layer; `config` only where a wire type is built from it, so a setting can be renamed
+//! without changing the API.
 
 use std::borrow::Cow;
 use std::fmt;
 
+use http::StatusCode;
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
-use crate::config::Limits;
+use crate::config;
 pub use crate::failure::ScriptFailure;
 use crate::fields::{self, Strict};
-pub use crate::sandbox::{Isolation, Package};
 
 /// The body of `POST /execute`: a JSON object with no fields but these. Only `script` is
 /// required; without the others a request runs `main()` as it always did.
@@ -370,8 +373,12 @@ pub struct FailedScript {
     pub output: ScriptOutput,
 }
 
-/// The errors that are not a script's: bad requests, overload, the service's own faults.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema, strum::IntoStaticStr)]
+/// The errors that are not a script's: bad requests, overload, the service's own faults. Each
+/// code has one status ([`ServiceError::status`]); the 5xx ones also have one sentence, their
+/// `message` here, which is all their body's `error` says.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Serialize, ToSchema, strum::IntoStaticStr, strum::EnumMessage,
+)]
 #[serde(tag = "code", rename_all = "snake_case")]
 #[strum(serialize_all = "snake_case")]
 pub enum ServiceError {
@@ -417,19 +424,74 @@ pub enum ServiceError {
     UnsupportedMediaType,
     NotFound,
     MethodNotAllowed,
-    /// The body did not arrive in time, or the request took too long altogether.
+    /// The body did not arrive in time.
     RequestTimeout,
     /// A request we have no better code for.
     BadRequest,
-    /// Every sandbox is busy and the queue is full or waited too long.
+    /// Too much at once: every sandbox is busy and the queue is full or waited too long, or
+    /// too many bodies or connections are arriving.
+    #[strum(message = "the service is busy; retry shortly")]
     Busy,
+    /// The service is stopping: the request was refused, or stopped when the grace period
+    /// ended.
+    #[strum(message = "the service is shutting down; retry the request")]
     ShuttingDown,
     /// nsjail or the sandbox Python is missing or broken, or the disk is full.
+    #[strum(message = "the sandbox is unavailable; retry shortly")]
     SandboxUnavailable {
         /// Always `unhealthy`, as `GET /health` says.
         status: HealthStatus,
+        /// Why, for the operator: only in `GET /health`'s answer (it may name host paths and
+        /// nsjail's own words); `POST /execute` says no more than `error`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
+    /// A fault of the service itself; what went wrong is in its log.
+    #[strum(message = "the service failed internally; retry, and report it if it persists")]
     InternalError,
+}
+
+impl ServiceError {
+    /// The status this code is answered with: the one place it is decided.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidJson
+            | Self::InvalidRequest
+            | Self::EmptyScript
+            | Self::InvalidInput { .. }
+            | Self::InvalidFile { .. }
+            | Self::TooManyFiles { .. }
+            | Self::InvalidReturnFiles
+            | Self::InvalidLimit { .. }
+            | Self::BadRequest => StatusCode::BAD_REQUEST,
+            Self::ScriptTooLarge { .. } | Self::BodyTooLarge | Self::FilesTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::Busy | Self::ShuttingDown | Self::SandboxUnavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The whole `error` of a 5xx body: one sentence per code, so no reason, host path or
+    /// nsjail line reaches a client (the reason is logged). None for a 4xx, whose message says
+    /// what to fix.
+    pub fn fixed_message(&self) -> Option<&'static str> {
+        if self.status().is_server_error() {
+            // Every 5xx code has its sentence (a test checks); the fallback says no more.
+            Some(
+                strum::EnumMessage::get_message(self)
+                    .unwrap_or("the service failed; retry, and report it if it persists"),
+            )
+        } else {
+            None
+        }
+    }
 }
 
 /// Whether scripts can run.
@@ -446,6 +508,15 @@ impl ErrorDetails {
         match self {
             Self::Service(error) => error.into(),
             Self::Script(failed) => failed.failure.code(),
+        }
+    }
+
+    /// The status the body is answered with: its code's; a script's failure is the caller's,
+    /// always 400.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Service(error) => error.status(),
+            Self::Script(_) => StatusCode::BAD_REQUEST,
         }
     }
 }
@@ -470,6 +541,33 @@ pub struct HealthResponse {
     pub failed_profiles: Vec<FailedProfile>,
 }
 
+/// How strongly scripts are isolated, for `GET /health` and `GET /`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Isolation {
+    /// The jail profile executions run in: `strict` or `cloudrun`.
+    #[schema(value_type = String, example = "strict")]
+    pub profile: &'static str,
+    pub limits: LimitsBackend,
+    /// What the jail guarantees on this host.
+    #[schema(value_type = Vec<String>)]
+    pub guarantees: Vec<&'static str>,
+    /// What it does not isolate on this host (empty under `strict`).
+    #[schema(value_type = Vec<String>)]
+    pub not_isolated: Vec<&'static str>,
+}
+
+/// What bounds an execution's memory and process count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitsBackend {
+    /// A cgroup v1 memory and pids group per execution.
+    CgroupV1,
+    /// A cgroup v2 group per execution.
+    CgroupV2,
+    /// No writable cgroups: address-space and process-count rlimits only.
+    Rlimits,
+}
+
 /// A profile that did not work on this host.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct FailedProfile {
@@ -488,7 +586,7 @@ pub struct InfoResponse {
     #[schema(value_type = String)]
     pub description: &'static str,
     pub endpoints: Vec<Endpoint>,
-    pub limits: Limits,
+    pub limits: ServiceLimits,
     pub isolation: Isolation,
     /// The sandbox Python's version (`major.minor.micro`); null until the sandbox has started
     /// and answered.
@@ -507,4 +605,163 @@ pub struct Endpoint {
     pub path: &'static str,
     #[schema(value_type = String)]
     pub description: &'static str,
+}
+
+/// One installed distribution, as `pip list` names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Package {
+    /// The distribution's name as its metadata spells it, e.g. `python-dateutil`.
+    #[schema(example = "numpy")]
+    pub name: String,
+    #[schema(example = "2.4.6")]
+    pub version: String,
+}
+
+/// What one execution may use and send, as `GET /` lists it. A request's own `limits` may
+/// lower `time_limit_ms`, `memory_bytes` and `output_bytes`, never raise them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ServiceLimits {
+    /// The largest `script`, in bytes of UTF-8; a longer one is refused with 413
+    /// `script_too_large`.
+    pub script_bytes: usize,
+    /// The wall time an execution may run, in milliseconds (400 `time_limit_exceeded` past
+    /// it), and the most `limits.time_ms` may ask for.
+    pub time_limit_ms: u64,
+    /// The bytes of stdout, and of stderr, an answer carries; the rest is dropped and
+    /// `stdout_truncated` or `stderr_truncated` says so. The most `limits.output_bytes` may ask
+    /// for.
+    pub output_bytes: usize,
+    /// The largest JSON encoding of `main()`'s return value, in bytes (400 `result_too_large`
+    /// past it).
+    pub result_bytes: usize,
+    /// The memory an execution may use, in bytes (400 `memory_limit_exceeded` past it), and
+    /// the most `limits.memory_bytes` may ask for.
+    pub memory_bytes: u64,
+    /// The least `limits.memory_bytes` may ask for, in bytes: with less, Python cannot start
+    /// with numpy.
+    pub min_memory_bytes: u64,
+    /// The processes and threads an execution may have at once.
+    pub processes: u64,
+    /// The CPU time an execution may use, all its threads together, in seconds (400
+    /// `cpu_limit_exceeded` past it).
+    pub cpu_secs: u64,
+    /// The size of an execution's private `/tmp`, which holds its working directory and the
+    /// `files` sent with it, in bytes (under the `strict` profile).
+    pub tmp_bytes: u64,
+    /// The largest file a script may write, in bytes.
+    pub file_bytes: u64,
+    /// The file descriptors each of a script's processes may hold open.
+    pub open_files: u64,
+    /// The most entries `files` may have (400 `too_many_files` past it).
+    pub input_files: usize,
+    /// The most bytes `files` may hold in all, once decoded (413 `files_too_large` past it).
+    pub input_bytes: u64,
+    /// The most files an answer sends back; past it `files_truncated` is true.
+    pub output_files: usize,
+    /// The most bytes the files sent back hold in all; past it `files_truncated` is true.
+    pub output_files_bytes: u64,
+}
+
+impl From<&config::Limits> for ServiceLimits {
+    /// Each setting named, none left out by `..`: a new one must be published here, or
+    /// deliberately not.
+    fn from(limits: &config::Limits) -> Self {
+        let &config::Limits {
+            script_bytes,
+            time_limit_ms,
+            output_bytes,
+            result_bytes,
+            memory_bytes,
+            processes,
+            cpu_secs,
+            tmp_bytes,
+            file_bytes,
+            open_files,
+            input_files,
+            input_bytes,
+            output_files,
+            output_files_bytes,
+        } = limits;
+        Self {
+            script_bytes,
+            time_limit_ms,
+            output_bytes,
+            result_bytes,
+            memory_bytes,
+            min_memory_bytes: limits.memory_floor(),
+            processes,
+            cpu_secs,
+            tmp_bytes,
+            file_bytes,
+            open_files,
+            input_files,
+            input_bytes,
+            output_files,
+            output_files_bytes,
+        }
+    }
+}
+
+/// Whole milliseconds, saturating: the unit of every duration the service reports, in its
+/// answers (`duration_ms`) and in its logs.
+pub fn millis(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_server_error_has_its_own_sentence_and_no_client_error_has_one() {
+        let unavailable = ServiceError::SandboxUnavailable {
+            status: HealthStatus::Unhealthy,
+            reason: Some("cannot run nsjail at /opt/pyexec/bin/nsjail".to_owned()),
+        };
+        for code in [
+            ServiceError::Busy,
+            ServiceError::ShuttingDown,
+            unavailable,
+            ServiceError::InternalError,
+        ] {
+            assert!(code.status().is_server_error(), "{code:?}");
+            let sentence = strum::EnumMessage::get_message(&code);
+            assert_eq!(code.fixed_message(), sentence, "{code:?}");
+            assert!(sentence.is_some(), "{code:?}");
+        }
+        for code in [
+            ServiceError::InvalidJson,
+            ServiceError::BodyTooLarge,
+            ServiceError::RequestTimeout,
+        ] {
+            assert!(code.status().is_client_error(), "{code:?}");
+            assert_eq!(code.fixed_message(), None, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn a_health_reason_is_in_the_body_only_when_given() {
+        let body = |reason: Option<&str>| {
+            serde_json::to_value(ServiceError::SandboxUnavailable {
+                status: HealthStatus::Unhealthy,
+                reason: reason.map(str::to_owned),
+            })
+            .unwrap()
+        };
+        assert_eq!(
+            body(None),
+            serde_json::json!({"code": "sandbox_unavailable", "status": "unhealthy"})
+        );
+        assert_eq!(body(Some("why"))["reason"], "why");
+    }
+
+    #[test]
+    fn get_s_limits_keep_the_names_of_the_settings_and_add_the_memory_floor() {
+        let limits = config::Limits::default();
+        let published = serde_json::to_value(ServiceLimits::from(&limits)).unwrap();
+        assert_eq!(published["script_bytes"], limits.script_bytes);
+        assert_eq!(published["time_limit_ms"], limits.time_limit_ms);
+        assert_eq!(published["min_memory_bytes"], config::MIN_MEMORY_BYTES);
+        assert_eq!(published.as_object().unwrap().len(), 15);
+    }
 }

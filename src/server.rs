@@ -71,6 +71,12 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
             () = &mut shutdown => break,
         };
         let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+            // What the canned body leaves out, as `http/error.rs` logs a refused request's.
+            tracing::warn!(
+                code = "busy",
+                error = "too many open connections",
+                "connection refused"
+            );
             refuse(&stream, &full);
             continue;
         };
@@ -207,9 +213,10 @@ fn connection_cap(configured: usize) -> usize {
 
 /// The whole HTTP/1.1 answer to a connection over the cap: 503 `busy`, then close.
 fn busy_answer() -> Vec<u8> {
+    let busy = ServiceError::Busy;
     let body = ErrorBody {
-        error: "the service is busy: too many open connections; retry shortly".to_owned(),
-        details: ErrorDetails::Service(ServiceError::Busy),
+        error: busy.fixed_message().unwrap_or_default().to_owned(),
+        details: ErrorDetails::Service(busy),
     };
     let body = serde_json::to_string(&body).unwrap_or_default();
     format!(

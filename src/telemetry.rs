@@ -88,11 +88,6 @@ impl std::fmt::Display for ErrorChain<'_> {
     }
 }
 
-/// Whole milliseconds, saturating: the unit of every duration the service reports.
-pub fn millis(duration: std::time::Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

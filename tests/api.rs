@@ -238,14 +238,14 @@ async fn health_reports_the_profile_and_limits_the_sandbox_found() {
     // The limits backend is the cgroup version this host mounts, where the service could
     // write one, else rlimits.
     let expected = match (app.cgroup_parents.is_empty(), app.isolation.limits) {
-        (true, limits) => limits == pyexec::sandbox::LimitsBackend::Rlimits,
-        (false, pyexec::sandbox::LimitsBackend::CgroupV2) => {
+        (true, limits) => limits == pyexec::protocol::LimitsBackend::Rlimits,
+        (false, pyexec::protocol::LimitsBackend::CgroupV2) => {
             std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
         }
-        (false, pyexec::sandbox::LimitsBackend::CgroupV1) => {
+        (false, pyexec::protocol::LimitsBackend::CgroupV1) => {
             std::path::Path::new("/sys/fs/cgroup/memory").exists()
         }
-        (false, pyexec::sandbox::LimitsBackend::Rlimits) => false,
+        (false, pyexec::protocol::LimitsBackend::Rlimits) => false,
     };
     assert!(expected, "{body} with cgroups in {:?}", app.cgroup_parents);
     let guarantees = body["isolation"]["guarantees"].to_string();
@@ -274,7 +274,7 @@ async fn health_is_503_with_the_reason_when_nsjail_is_missing() {
     let (status, body) = common::read(response).await;
     assert_eq!((status, error_code(&body)), (503, "sandbox_unavailable"));
     assert!(
-        body["error"]
+        body["reason"]
             .as_str()
             .unwrap()
             .contains("/nonexistent/nsjail"),
@@ -286,7 +286,70 @@ async fn health_is_503_with_the_reason_when_nsjail_is_missing() {
         .post(format!("http://{addr}/execute"))
         .json(&json!({"script": "def main(): return 1"}));
     let (status, body) = common::read(response.send().await.unwrap()).await;
-    assert_eq!((status, error_code(&body)), (503, "sandbox_unavailable"));
+    assert_eq!(
+        (status, body),
+        (503, unavailable()),
+        "the reason is the operator's, in /health and the log"
+    );
+}
+
+/// The whole body of `POST /execute`'s 503 `sandbox_unavailable`, whatever the reason.
+fn unavailable() -> serde_json::Value {
+    json!({
+        "error": "the sandbox is unavailable; retry shortly",
+        "code": "sandbox_unavailable",
+        "status": "unhealthy",
+    })
+}
+
+/// A jail that fails as nsjail does when it cannot build one: an `[E]` line naming a host path.
+/// `POST /execute` answers the fixed sentence alone; `GET /health` gives the operator the
+/// reason, that line included.
+#[tokio::test]
+async fn only_health_says_why_the_sandbox_is_unavailable() {
+    let work_root = tempfile::tempdir().unwrap();
+    let nsjail = work_root.path().join("nsjail");
+    // Written by another process, so no descriptor of it is open here when a concurrent test
+    // forks (which would make running it fail with ETXTBSY).
+    let written = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "printf '#!/bin/sh\\necho \"[E][2026-01-01T00:00:00+0000][1] mount(/srv/host-only/root): Permission denied\" >&2\\nexit 255\\n' > \"$1\" && chmod 755 \"$1\"",
+            "sh",
+        ])
+        .arg(&nsjail)
+        .status()
+        .unwrap();
+    assert!(written.success());
+    let mut config = common::test_config(work_root.path());
+    config.sandbox.nsjail = nsjail;
+    config.sandbox.warm = false;
+    let state = pyexec::AppState::start(config).await.unwrap();
+    let reason = state.sandbox.health().await.unwrap_err();
+    assert!(
+        reason.contains("[E]") && reason.contains("/srv/host-only/root"),
+        "the sandbox's own reason has the line: {reason}"
+    );
+    let router = pyexec::router(state);
+
+    let script = json!({"script": "def main(): return 1"}).to_string();
+    let (status, headers, body) =
+        oneshot(&router, post_execute(Some("application/json"), script)).await;
+    assert_eq!((status, body), (503, unavailable()));
+    assert_eq!(headers["retry-after"], "5");
+
+    let health = Request::get("/health").body(Body::empty()).unwrap();
+    let (status, _, body) = oneshot(&router, health).await;
+    assert_eq!(status, 503);
+    assert_eq!(
+        body,
+        json!({
+            "error": "the sandbox is unavailable; retry shortly",
+            "code": "sandbox_unavailable",
+            "status": "unhealthy",
+            "reason": reason,
+        })
+    );
 }
 
 #[tokio::test]

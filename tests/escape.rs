@@ -86,8 +86,21 @@ impl Drop for HostUnixSockets {
 }
 
 async fn run_suite(app: TestApp) {
+    run_cases(&app).await;
+    // Every execution of the suite ran on the path it names: a warm child that fails falls
+    // back to cold with the same answer, so the answers alone cannot tell.
+    let paths = app.paths_run().await;
+    let other = if app.warm { "cold" } else { "warm" };
+    assert_eq!(
+        paths.get(other),
+        None,
+        "executions on the {other} path: {paths:?}"
+    );
+}
+
+async fn run_cases(app: &TestApp) {
     let mounts_before = host_mounts();
-    let _sockets = HostUnixSockets::listen(&app);
+    let _sockets = HostUnixSockets::listen(app);
     let mut failures = Vec::new();
     for case in cases() {
         let expect = if app.profile == Profile::Strict {
@@ -97,7 +110,7 @@ async fn run_suite(app: TestApp) {
         };
         let before = match case.before {
             Some(script) => {
-                let (status, body) = app.execute(&fill(script, &app, "")).await;
+                let (status, body) = app.execute(&fill(script, app, "")).await;
                 assert_eq!(
                     status, 200,
                     "{}: the first execution failed: {body}",
@@ -110,12 +123,12 @@ async fn run_suite(app: TestApp) {
         let neighbour = case
             .during
             .as_ref()
-            .map(|n| app.spawn_execute(&fill(n.script, &app, "")));
+            .map(|n| app.spawn_execute(&fill(n.script, app, "")));
         if neighbour.is_some() {
             // The neighbour runs first, so the attack meets it running.
             app.wait_for_sandboxes(1).await;
         }
-        let (status, body) = app.execute(&fill(case.script, &app, &before)).await;
+        let (status, body) = app.execute(&fill(case.script, app, &before)).await;
         if let Some(problem) = mismatch(expect, status, &body) {
             failures.push(format!("{}: {problem}", case.name));
         }
@@ -382,4 +395,111 @@ async fn probe_shared(app: &TestApp) -> std::collections::BTreeMap<String, serde
     let (status, body) = app.execute(SHARED_PROBE).await;
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(body["result"].as_str().unwrap()).unwrap()
+}
+
+/// Everything a script can learn about the jail it runs in: its ids, every capability set,
+/// its mounts, rlimits, environment, working directory, open descriptors, seccomp and
+/// `no_new_privs`, its session, umask, hostname and the root's listing.
+const JAIL_PROBE: &str = r#"
+import ctypes, json, os, resource
+def main():
+    status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines())
+    keep = ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "Seccomp", "NoNewPrivs"]
+    mounts = []
+    for line in open("/proc/self/mountinfo").read().splitlines():
+        left, right = line.split(" - ")
+        fields = left.split()
+        options = sorted(set(fields[5].split(",")) & {"ro", "rw", "nosuid", "nodev", "noexec"})
+        mounts.append([fields[4], right.split()[0], ",".join(options)])
+    fds = {}
+    for fd in sorted(os.listdir("/proc/self/fd"), key=int):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        fds[fd] = target.split(":")[0] if ":" in target else target
+    limits = {name: resource.getrlimit(getattr(resource, name))
+              for name in sorted(dir(resource)) if name.startswith("RLIMIT_")}
+    umask = os.umask(0o077)
+    return json.dumps({
+        "ids": [os.getresuid(), os.getresgid(), os.getgroups()],
+        "status": {key: status.get(key, "").strip() for key in keep},
+        "no_new_privs": ctypes.CDLL(None).prctl(39, 0, 0, 0, 0),
+        "mounts": sorted(mounts),
+        "rlimits": limits,
+        "env": dict(sorted(os.environ.items())),
+        "cwd": os.getcwd(),
+        "fds": fds,
+        "session_leader": os.getsid(0) == os.getpid(),
+        "group_leader": os.getpgid(0) == os.getpid(),
+        "pid_1": os.getpid() == 1,
+        "umask": oct(umask),
+        "hostname": os.uname().nodename,
+        "root": sorted(os.listdir("/")),
+        "tmpdir": [oct(os.stat(os.environ["TMPDIR"]).st_mode), os.stat(os.environ["TMPDIR"]).st_uid],
+    }, sort_keys=True)
+"#;
+
+/// Warm and cold are one jail: the probe reads the same in both, per profile (with and without
+/// cgroups), but for what names the execution itself (its slot's uid, its directory).
+#[tokio::test]
+async fn the_jail_is_the_same_warm_and_cold() {
+    for (profile, cgroups) in [
+        (ProfileChoice::Strict, true),
+        (ProfileChoice::CloudRun, true),
+        (ProfileChoice::CloudRun, false),
+    ] {
+        let mut seen = Vec::new();
+        for warm in [true, false] {
+            let app = escape_app(profile, cgroups, warm).await;
+            let (status, body) = app.execute(JAIL_PROBE).await;
+            assert_eq!(status, 200, "{body}");
+            let path = if warm { "warm" } else { "cold" };
+            assert_eq!(app.paths_run().await.keys().collect::<Vec<_>>(), [path]);
+            seen.push(normalized(&app, body["result"].as_str().unwrap()));
+        }
+        let (warm, cold) = (&seen[0], &seen[1]);
+        let differs: Vec<String> = warm
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(key, value)| cold.get(key.as_str()) != Some(value))
+            .map(|(key, value)| format!("{key}: warm {value}, cold {}", cold[key.as_str()]))
+            .collect();
+        assert!(
+            differs.is_empty(),
+            "{profile:?} cgroups={cgroups}:\n{}",
+            differs.join("\n")
+        );
+    }
+}
+
+/// The probe's JSON with the execution's own names replaced: a slot uid (host, or inside a
+/// user namespace) by `SLOT`, its directory on the host by `WORKDIR`.
+fn normalized(app: &TestApp, probe: &str) -> serde_json::Value {
+    let mut value: serde_json::Value = serde_json::from_str(probe).unwrap();
+    let cwd = value["cwd"].as_str().unwrap().to_owned();
+    let workdir = cwd.find("/run-").map(|at| {
+        let end = cwd[at + 1..]
+            .find('/')
+            .map_or(cwd.len(), |slash| at + 1 + slash);
+        cwd[..end].to_owned()
+    });
+    let slots = app.uids.clone();
+    let inner = 1..=u32::try_from(slots.len()).unwrap();
+    let slot = |number: &mut serde_json::Value| {
+        let raw = u32::try_from(number.as_u64().unwrap()).unwrap();
+        if slots.contains(&raw) || inner.contains(&raw) {
+            *number = "SLOT".into();
+        }
+    };
+    for id in value["ids"].as_array_mut().unwrap().iter_mut().take(2) {
+        id.as_array_mut().unwrap().iter_mut().for_each(slot);
+    }
+    slot(&mut value["tmpdir"][1]);
+    let mut text = value.to_string();
+    if let Some(workdir) = workdir {
+        text = text.replace(&workdir, "WORKDIR");
+    }
+    serde_json::from_str(&text).unwrap()
 }

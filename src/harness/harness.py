@@ -38,17 +38,22 @@ binary (include_str!) so harness and service can never drift apart.
 
 import errno
 import faulthandler
-import gc
-import itertools
 import json
 import linecache
-import math
 import os
-import resource
 import signal
 import sys
 import traceback
 import types
+
+# The harness's own modules, installed beside it (read-only, root's): -I keeps the script's
+# directory off sys.path, so it is put there by hand.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from pyexec_confine import Filters, apply_rlimits, confirm_confined  # noqa: E402
+from pyexec_files import FileCollector, make_workdir  # noqa: E402
+from pyexec_mapping import (  # noqa: E402
+    SURROGATES, ResultEncoder, Unencodable, dumps, find_unencodable, type_name,
+)
 
 PROTOCOL_VERSION = 2
 SCRIPT_MODULE = "script"
@@ -57,8 +62,6 @@ SCRIPT_FILENAME = "main.py"
 # frame huge: a dict key's repr in a path, a type's name, an exception's message and traceback
 # (those two say when they were cut), any other text. In characters; a frame stays well under
 # the service's allowance for it (src/sandbox/mod.rs FRAME_OVERHEAD) even at six bytes each.
-MAX_KEY_REPR = 80
-MAX_TYPE_NAME = 200
 MAX_MESSAGE = 16 * 1024
 MAX_TRACEBACK = 64 * 1024
 MAX_TEXT = 4 * 1024
@@ -106,7 +109,6 @@ def finish(send, frame):
     os._exit(0)
 
 
-SURROGATES = dict.fromkeys(range(0xD800, 0xE000), 0xFFFD)
 
 
 def utf8(text):
@@ -134,17 +136,6 @@ def user_traceback(exc):
     while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
         tb = tb.tb_next
     return "".join(traceback.format_exception(type(exc), exc, tb))
-
-
-def type_name(value):
-    cls = type(value)
-    module = getattr(cls, "__module__", None)
-    name = getattr(cls, "__qualname__", None)
-    if not isinstance(name, str):
-        name = "<unnamed type>"
-    if isinstance(module, str) and module != "builtins":
-        name = f"{module}.{name}"
-    return name[:MAX_TYPE_NAME]
 
 
 def safe_str(exc):
@@ -205,45 +196,6 @@ def exit_frame(exc):
     return failed("script_exited", exit_code=code, via="sys_exit")
 
 
-def key_repr(key):
-    text = repr(key)
-    return text if len(text) <= MAX_KEY_REPR else text[: MAX_KEY_REPR - 3] + "..."
-
-
-def find_unencodable(value, path="result", parents=()):
-    """The first part of `value` JSON cannot carry, as (path, problem, type name), else None.
-    The problem is judged from the value itself (a float's own NaN-ness), never from words."""
-    if value is None or isinstance(value, (str, bool, int)):
-        return None
-    if isinstance(value, float):
-        if math.isnan(value):
-            return path, "nan", type_name(value)
-        if math.isinf(value):
-            return path, "infinity" if value > 0 else "negative_infinity", type_name(value)
-        return None
-    if isinstance(value, (dict, list, tuple)):
-        if id(value) in parents:
-            return path, "circular", type_name(value)
-        if len(parents) > 200:
-            return path, "too_deep", type_name(value)
-        parents = parents + (id(value),)
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not (key is None or isinstance(key, (str, int, float, bool))):
-                return path, "key", type_name(key)
-            found = find_unencodable(item, f"{path}[{key_repr(key)}]", parents)
-            if found:
-                return found
-        return None
-    if isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            found = find_unencodable(item, f"{path}[{index}]", parents)
-            if found:
-                return found
-        return None
-    return path, "type", type_name(value)
-
-
 def not_serializable_frame(value, error):
     found = None
     if isinstance(error, RecursionError):
@@ -257,540 +209,6 @@ def not_serializable_frame(value, error):
     # the value itself is what cannot be carried.
     path, problem, bad_type = found or ("result", "type", type_name(value))
     return failed("result_not_serializable", type=bad_type, path=path, problem=problem)
-
-
-# --- The result mapping -------------------------------------------------------------------
-# What json cannot carry but numpy and pandas users return (README's table, checked by
-# test_harness.py): numpy scalars and arrays, DataFrames, Series, Index, dates and times,
-# durations, Decimal; NaN, NaT, pd.NA and ±Infinity become null, and every place that
-# happened is counted (the first MAX_NULL_PATHS named). Anything else is still refused with
-# its path and type. The output is plain JSON text built only from json's own encoders,
-# Python's int/float repr and literals, so no value can add a frame or escape the string it
-# is in; the service's size cap applies to the result as encoded.
-
-MAX_NULL_PATHS = 100
-MAX_DEPTH = 200
-
-
-class Unencodable(Exception):
-    """A part of the result the mapping has no form for."""
-
-    def __init__(self, path, problem, value):
-        super().__init__(problem)
-        self.found = (str(path), problem, type_name(value))
-
-
-class At:
-    """A path such as result[3]['a'], formatted only when a null or an error names it."""
-
-    __slots__ = ("parent", "step")
-
-    def __init__(self, parent, step):
-        self.parent, self.step = parent, step
-
-    def __str__(self):
-        steps, at = [], self
-        while isinstance(at, At):
-            steps.append(at.step)
-            at = at.parent
-        return str(at) + "".join(reversed(steps))
-
-
-def index_step(index):
-    return f"[{index}]"
-
-
-def key_step(key):
-    return f"[{key_repr(key)}]"
-
-
-class JsonNull:
-    """Formats as `null` where a number's repr goes (the DataFrame templates use %r)."""
-
-    __slots__ = ()
-
-    def __repr__(self):
-        return "null"
-
-
-NULL = JsonNull()
-JSON_BOOLS = ("false", "true")
-TIME_UNITS = ("s", "ms", "us", "ns")
-
-
-class ResultEncoder:
-    """Encodes one result, mapping what json cannot carry; `nulls` and `null_paths` say where
-    a missing or non-finite value became null."""
-
-    def __init__(self):
-        self.nulls = 0
-        self.null_paths = []
-        # Only types the script itself could have made: a module it never imported cannot
-        # have produced the value, so nothing is imported here.
-        self.np = sys.modules.get("numpy")
-        self.pd = sys.modules.get("pandas")
-        self.datetime = sys.modules.get("datetime")
-        self.decimal = sys.modules.get("decimal")
-
-    def encode(self, value):
-        """The result as JSON text."""
-        if self.pd is not None and isinstance(value, self.pd.DataFrame):
-            return self.frame_text(value, "result")
-        try:
-            return dumps(value)
-        except (TypeError, ValueError):
-            pass  # something to map: a numpy or pandas value, a date, NaN
-        return dumps(self.plain(value, "result", ()))
-
-    def null(self, path):
-        self.nulls += 1
-        if len(self.null_paths) < MAX_NULL_PATHS:
-            self.null_paths.append(str(path))
-        return None
-
-    # --- any value ---
-    def plain(self, value, path, parents):
-        """`value` as str, int, float, bool, None, list and dict only."""
-        if value is None or isinstance(value, (str, bool, int)) and type(value).__module__ == "builtins":
-            return value
-        if type(value) is float or (isinstance(value, float) and self.np is not None and isinstance(value, self.np.floating)):
-            return value if value - value == 0 else self.null(path)
-        if isinstance(value, (dict, list, tuple)):
-            if id(value) in parents:
-                raise Unencodable(path, "circular", value)
-            if len(parents) >= MAX_DEPTH:
-                raise Unencodable(path, "too_deep", value)
-            parents = parents + (id(value),)
-            if isinstance(value, dict):
-                return {
-                    self.key(key, path): self.plain(item, At(path, key_step(key)), parents)
-                    for key, item in value.items()
-                }
-            return [self.plain(item, At(path, index_step(i)), parents) for i, item in enumerate(value)]
-        mapped = self.mapped(value, path, parents)
-        if mapped is not value:
-            return mapped
-        if isinstance(value, (str, bool, int)):
-            return value  # a subclass json takes as its base type (an IntEnum, a str subclass)
-        if isinstance(value, float):
-            return float(value) if value - value == 0 else self.null(path)
-        raise Unencodable(path, "type", value)
-
-    def mapped(self, value, path, parents):
-        """The mapping for one non-JSON value, or `value` itself when none applies."""
-        np, pd, dt = self.np, self.pd, self.datetime
-        if pd is not None:
-            if value is pd.NaT or value is pd.NA:
-                return self.null(path)
-            if isinstance(value, pd.DataFrame):
-                return json.loads(self.frame_text(value, path))
-            if isinstance(value, pd.Series):
-                return self.series(value, path, parents)
-            if isinstance(value, pd.Index):
-                return self.array(value.to_numpy(), path, parents)
-        if np is not None:
-            if isinstance(value, np.ndarray):
-                return self.array(value, path, parents)
-            if isinstance(value, np.generic):
-                return self.array(np.asarray(value), path, parents)
-        if dt is not None:
-            if isinstance(value, (dt.datetime, dt.date, dt.time)):
-                return value.isoformat()
-            if isinstance(value, dt.timedelta):
-                return value.total_seconds()
-        if self.decimal is not None and isinstance(value, self.decimal.Decimal):
-            return str(value)
-        return value
-
-    def key(self, key, path):
-        """A dict key or column label as the string JSON makes of it."""
-        if isinstance(key, str):
-            return str(key)
-        if key is None or isinstance(key, bool) or (self.np is not None and isinstance(key, self.np.bool_)):
-            return json.dumps(None if key is None else bool(key))
-        if isinstance(key, int) or (self.np is not None and isinstance(key, self.np.integer)):
-            return str(int(key))
-        if isinstance(key, float):
-            key = float(key)
-            if key - key == 0:
-                return repr(key)
-            return "NaN" if key != key else ("Infinity" if key > 0 else "-Infinity")
-        mapped = self.mapped(key, path, ())
-        if isinstance(mapped, str) and mapped is not key:
-            return mapped
-        raise Unencodable(path, "key", key)
-
-    # --- numpy ---
-    def array(self, array, path, parents):
-        """An array (any shape) as nested lists; a 0-d array as its one value."""
-        np = self.np
-        kind = array.dtype.kind
-        if kind in "biu":
-            return array.tolist()
-        if kind == "f":
-            finite = np.isfinite(array)
-            if finite.all():
-                return array.tolist()
-            return self.with_nulls(array, ~finite, path)
-        if kind == "M":
-            return self.with_nulls(self.datetime_strings(array), np.isnat(array), path)
-        if kind == "m":
-            seconds = array / np.timedelta64(1, "s")
-            return self.with_nulls(seconds, np.isnat(array), path)
-        if kind == "U":
-            return array.tolist()
-        if kind == "O":
-            if array.ndim == 0:
-                return self.plain(array.item(), path, parents)
-            return [self.plain(item, At(path, index_step(i)), parents) for i, item in enumerate(array)]
-        raise Unencodable(path, "type", array.flat[0] if array.size else array)
-
-    def with_nulls(self, array, missing, path):
-        """`array.tolist()` with None where `missing`, each counted."""
-        np = self.np
-        if not missing.any():
-            return array.tolist()
-        where = np.argwhere(missing)
-        for index in where[: MAX_NULL_PATHS - len(self.null_paths)].tolist():
-            self.null_paths.append(str(path) + "".join(map(index_step, index)))
-        self.nulls += len(where)
-        copy = array.astype(object)
-        copy[missing] = None
-        return copy.tolist()
-
-    def datetime_strings(self, array):
-        """ISO 8601, in the coarsest of seconds, ms, µs and ns that loses nothing (dates as
-        dates); NaT as the string "NaT" for the caller to replace."""
-        np = self.np
-        unit = np.datetime_data(array.dtype)[0]
-        if unit in ("Y", "M", "W", "D"):
-            return np.datetime_as_string(array)
-        known = array[~np.isnat(array)]
-        chosen = "ns"
-        for candidate in TIME_UNITS:
-            if (known.astype(f"datetime64[{candidate}]") == known).all():
-                chosen = candidate
-                break
-        return np.datetime_as_string(array, unit=chosen)
-
-    # --- pandas ---
-    def series(self, series, path, parents):
-        """A list with a default index, else an object keyed by the index."""
-        if self.default_index(series.index):
-            return self.array(self.column_array(series), path, parents)
-        out = {}
-        for label, item in zip(series.index.tolist(), series.tolist()):
-            key = self.key(label, path)
-            if key in out:
-                raise Unencodable(At(path, key_step(label)), "duplicate_key", label)
-            out[key] = self.plain(item, At(path, key_step(label)), parents)
-        return out
-
-    def default_index(self, index):
-        pd = self.pd
-        return isinstance(index, pd.RangeIndex) and index.start == 0 and index.step == 1 and index.name is None
-
-    def column_array(self, series):
-        """A column's values as a numpy array: extension types (nullable ints, strings,
-        categories, tz-aware times) as objects, so pd.NA and friends are seen one by one."""
-        np = self.np
-        if not isinstance(series.dtype, np.dtype):
-            return series.to_numpy(dtype=object)
-        return series.to_numpy()
-
-    def frame_text(self, frame, path):
-        """A DataFrame as a list of row objects. The collector is paused meanwhile: what is
-        made here (a tuple per row, lists of numbers) is garbage at once or holds no cycle,
-        and its passes over it cost a tenth of the time."""
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
-            return self.frame_rows(frame, path)
-        finally:
-            if collecting:
-                gc.enable()
-
-    def frame_rows(self, frame, path):
-        """A DataFrame as a list of row objects, built column by column: one %-template per
-        row, numbers through repr (exact, as json writes them), the rest pre-encoded."""
-        if not self.default_index(frame.index):
-            frame = frame.reset_index(allow_duplicates=True)
-        keys = [self.key(label, path) for label in frame.columns]
-        if len(set(keys)) != len(keys):
-            duplicate = next(key for key in keys if keys.count(key) > 1)
-            raise Unencodable(At(path, key_step(duplicate)), "duplicate_key", duplicate)
-        formats, columns = [], []
-        for position, key in enumerate(keys):
-            values = self.column_array(frame.iloc[:, position])
-            form, column = self.column(values, path, key)
-            formats.append(encode_basestring(key).replace("%", "%%") + ":" + form)
-            columns.append(column)
-        row = "{" + ",".join(formats) + "}"
-        # One % over the whole list rather than one per row: the per-call overhead was a third
-        # of the time.
-        values = tuple(itertools.chain.from_iterable(zip(*columns)))
-        return ("[" + ",".join([row] * len(frame)) + "]") % values
-
-    def column(self, values, path, key):
-        """One column as (format, values) for the row template."""
-        np = self.np
-        kind = values.dtype.kind
-        if kind in "iu":
-            return "%r", values.tolist()
-        if kind == "b":
-            return "%s", list(map(JSON_BOOLS.__getitem__, values.tolist()))
-        if kind == "f":
-            return "%r", self.column_nulls(values.tolist(), ~np.isfinite(values), path, key, NULL)
-        if kind == "m":
-            seconds = values / np.timedelta64(1, "s")
-            return "%r", self.column_nulls(seconds.tolist(), np.isnat(values), path, key, NULL)
-        if kind == "M":
-            # ISO 8601 needs no escaping: the template quotes it, unless a NaT needs a bare null.
-            texts = self.datetime_strings(values)
-            missing = np.isnat(values)
-            if not missing.any():
-                return '"%s"', texts.tolist()
-            quoted = np.strings.add(np.strings.add('"', texts), '"')
-            return "%s", self.column_nulls(quoted.tolist(), missing, path, key, "null")
-        if kind == "U":
-            return "%s", list(map(encode_basestring, values.tolist()))
-        items = values.tolist()
-        missing = self.pd.isna(values)
-        if missing.any():
-            for row in self.np.flatnonzero(missing).tolist():
-                items[row] = ""
-        try:
-            texts = list(map(encode_basestring, items))  # the common case: all text
-        except TypeError:
-            pass
-        else:
-            return "%s", self.column_nulls(texts, missing, path, key, "null")
-        items = values.tolist()
-        texts = []
-        for row, item in enumerate(items):
-            if type(item) is str:
-                texts.append(encode_basestring(item))
-            else:
-                texts.append(dumps(self.plain(item, At(At(path, index_step(row)), key_step(key)), ())))
-        return "%s", texts
-
-    def column_nulls(self, items, missing, path, key, null):
-        """`items` with `null` where `missing`, each counted (paths row by row)."""
-        rows = self.np.flatnonzero(missing).tolist()
-        for row in rows:
-            items[row] = null
-        self.nulls += len(rows)
-        for row in rows[: max(0, MAX_NULL_PATHS - len(self.null_paths))]:
-            self.null_paths.append(f"{path}[{row}]{key_step(key)}")
-        return items
-
-
-# --- Files in and out ---------------------------------------------------------------------
-# The script's working directory is WORK_DIR inside its private temp directory, made here,
-# as the script's own uid, before any user code: the input files are written into it, and
-# after main() returns the regular files in it go back (return_files). Everything happens
-# inside the jail with the script's own rights, so nothing here can reach a file the script
-# could not; links, FIFOs and devices are still skipped, never opened through, and a file
-# that changes while being read is skipped, so the answer never holds a half-read file. A
-# path the service would refuse (src/job.rs's rules: a name that is not UTF-8, a control
-# character or a backslash, a path over MAX_PATH_BYTES) is skipped with that reason, never
-# read: one odd name must not cost the whole answer, and a name decoded lossily must never
-# make two files one. The service checks every path, size and cap again (src/sandbox/
-# outcome.rs): this frame is written by a process that ran user code. The caps here are the
-# service's too (src/harness/mod.rs); golden/files_at_their_caps.json proves both sides agree.
-
-WORK_DIR = "work"
-MAX_WALK_DEPTH = 16
-MAX_SKIPPED = 64
-MAX_PATH_BYTES = 1024
-# What Rust's char::is_control is (C0, DEL, C1), and the backslash: deleted by str.translate.
-REFUSED_CHARACTERS = dict.fromkeys([*range(0x20), *range(0x7F, 0xA0), ord("\\")])
-CONTROL_BYTES = bytes(sorted(set(range(32)) - {9, 10, 13}))
-OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-
-
-def make_workdir(files):
-    """Creates the working directory with the input files in it, enters it, and returns
-    what each input file held (to leave unchanged ones out of the answer)."""
-    work = os.path.join(os.environ.get("TMPDIR") or "/tmp", WORK_DIR)
-    os.mkdir(work, 0o700)
-    os.chdir(work)
-    written = {}
-    for entry in files:
-        path, content = entry["path"], entry["content"]
-        if entry.get("encoding") == "base64":
-            import binascii
-
-            data = binascii.a2b_base64(content)
-        else:
-            data = content.encode("utf-8", "surrogatepass")
-        parent = os.path.dirname(path)
-        if parent:
-            os.makedirs(parent, 0o700, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
-        written[path] = data
-    return written
-
-
-class FileCollector:
-    """The regular files under the working directory, within the caps."""
-
-    def __init__(self, caps, patterns, inputs):
-        self.max_files = caps["files"]
-        self.max_bytes = caps["bytes"]
-        self.patterns = patterns
-        self.inputs = inputs
-        self.files = []
-        self.skipped = []
-        self.total = 0
-        self.truncated = False
-
-    def collect(self, top):
-        fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            self.walk(fd, "", 0)
-        finally:
-            os.close(fd)
-        return self.frame()
-
-    def skip(self, path, reason):
-        """Lists `path` as not sent back. A path the service would refuse is listed for that,
-        whatever else it is: a skipped entry passes every path rule but its reason's."""
-        reason = refused_path(path) or reason
-        if len(self.skipped) < MAX_SKIPPED:
-            self.skipped.append({"path": path.translate(SURROGATES), "reason": reason})
-        else:
-            self.truncated = True
-
-    def walk(self, dir_fd, prefix, depth):
-        with os.scandir(dir_fd) as entries:
-            names = sorted((entry.name, entry) for entry in entries)
-        for name, entry in names:
-            path = prefix + name
-            if entry.is_symlink():
-                self.skip(path, "symlink")
-            elif entry.is_dir(follow_symlinks=False):
-                if depth >= MAX_WALK_DEPTH:
-                    self.skip(path, "too_deep")
-                    continue
-                try:
-                    child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-                except OSError:
-                    self.skip(path, "unreadable")
-                    continue
-                try:
-                    self.walk(child, path + "/", depth + 1)
-                finally:
-                    os.close(child)
-            elif entry.is_file(follow_symlinks=False):
-                if not self.wanted(path):
-                    continue
-                refused = refused_path(path)
-                if refused:
-                    self.skip(path, refused)
-                else:
-                    self.read(dir_fd, name, path, entry)
-            else:
-                self.skip(path, "not_a_regular_file")
-
-    def wanted(self, path):
-        if self.patterns is None:
-            return True
-        import fnmatch
-
-        return any(fnmatch.fnmatchcase(path, pattern) for pattern in self.patterns)
-
-    def read(self, dir_fd, name, path, entry):
-        if len(self.files) >= self.max_files:
-            self.truncated = True
-            return
-        try:
-            fd = os.open(name, OPEN_FLAGS, dir_fd=dir_fd)
-        except OSError:
-            self.skip(path, "unreadable")
-            return
-        try:
-            import stat
-
-            before = os.fstat(fd)
-            if not stat.S_ISREG(before.st_mode) or before.st_ino != entry.inode():
-                self.skip(path, "changed_while_reading")
-                return
-            room = self.max_bytes - self.total
-            if before.st_size > room:
-                self.truncated = True
-                return
-            data = read_at_most(fd, room + 1)
-            after = os.fstat(fd)
-        except OSError:
-            self.skip(path, "unreadable")
-            return
-        finally:
-            os.close(fd)
-        if len(data) != before.st_size or (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
-            self.skip(path, "changed_while_reading")
-            return
-        if self.patterns is None and self.inputs.get(path) == data:
-            return  # an input file the script left as it was
-        self.total += len(data)
-        try:
-            # Text goes as text, unless control characters would swell it (JSON escapes each
-            # to six bytes): then base64, a third larger whatever the bytes.
-            if len(data.translate(None, CONTROL_BYTES)) != len(data):
-                raise UnicodeDecodeError("utf-8", data, 0, 1, "control characters")
-            content, encoding = data.decode("utf-8"), "utf-8"
-        except UnicodeDecodeError:
-            import binascii
-
-            content, encoding = binascii.b2a_base64(data, newline=False).decode("ascii"), "base64"
-        self.files.append({"path": path, "size": len(data), "content": content, "encoding": encoding})
-
-    def frame(self):
-        out = {"files": self.files, "files_truncated": self.truncated}
-        if self.skipped:
-            out["skipped_files"] = self.skipped
-        return out
-
-
-def refused_path(path):
-    """Why the service would refuse `path` as a returned file's (src/job.rs), else None: a
-    name that is not UTF-8 (os.scandir gives its bytes as lone surrogates), a control character
-    or a backslash, more than MAX_PATH_BYTES in all."""
-    try:
-        size = len(path.encode("utf-8"))
-    except UnicodeEncodeError:
-        return "name_not_utf8"
-    if len(path.translate(REFUSED_CHARACTERS)) != len(path):
-        return "name_refused"
-    if size > MAX_PATH_BYTES:
-        return "path_too_long"
-    return None
-
-
-def read_at_most(fd, limit):
-    chunks, left = [], limit
-    while left > 0:
-        chunk = os.read(fd, min(left, 1 << 20))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
-
-
-def dumps(value):
-    return json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
-
-
-# A str as a JSON string literal, quotes included: json's own C function (called per value
-# of a text column, so no Python wrapper).
-encode_basestring = json.encoder.encode_basestring
 
 
 CO_COROUTINE = 0x80
@@ -857,93 +275,42 @@ def is_coroutine_function(function):
     return inspect.iscoroutinefunction(function)
 
 
-def apply_rlimits(rlimits):
-    """Lowers each limit to (soft, hard); never tries to raise a hard limit already lower."""
-    for name, value in rlimits.items():
-        soft, hard = value if isinstance(value, list) else (value, value)
-        which = getattr(resource, "RLIMIT_" + name)
-        _, current_hard = resource.getrlimit(which)
-        if current_hard != resource.RLIM_INFINITY:
-            hard = min(hard, current_hard)
-        resource.setrlimit(which, (min(soft, hard), hard))
+def document(doc, required, optional=()):
+    """`doc`, if it is an object with exactly the `required` keys and some of the `optional`
+    ones: the service's documents are typed on its side (src/sandbox/documents.rs) and their
+    golden copies checked on both, so anything else is a mismatch to fail loudly on."""
+    if not isinstance(doc, dict):
+        raise ValueError(f"expected an object, got {type(doc).__name__}")
+    missing, unknown = set(required) - set(doc), set(doc) - set(required) - set(optional)
+    if missing or unknown:
+        raise ValueError(f"missing {sorted(missing)}, unknown {sorted(unknown)}")
+    return doc
 
 
-class Filters:
-    """The service's seccomp filters, made ready once (the zygote does it before forking) and
-    installed by install(), after no_new_privs. Failing to install one raises: the caller
-    must not run the script then."""
-
-    PR_SET_NO_NEW_PRIVS = 38
-    PR_GET_NO_NEW_PRIVS = 39
-    PR_SET_SECCOMP = 22
-    SECCOMP_MODE_FILTER = 2
-
-    def __init__(self, programs):
-        import ctypes
-
-        class Program(ctypes.Structure):
-            _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-        self._ctypes = ctypes
-        self._libc = ctypes.CDLL(None, use_errno=True)
-        self._buffers = [ctypes.create_string_buffer(bytes.fromhex(text)) for text in programs]
-        self._programs = [
-            Program(len(text) // 16, ctypes.addressof(buffer))
-            for text, buffer in zip(programs, self._buffers)
-        ]
-
-    def _prctl(self, option, argument, pointer=None):
-        ctypes = self._ctypes
-        zero = ctypes.c_ulong(0)
-        second = ctypes.byref(pointer) if pointer is not None else zero
-        if self._libc.prctl(option, ctypes.c_ulong(argument), second, zero, zero) != 0:
-            error = ctypes.get_errno()
-            raise OSError(error, f"prctl({option}): {os.strerror(error)}")
-
-    def install(self):
-        self._prctl(self.PR_SET_NO_NEW_PRIVS, 1)
-        for program in self._programs:
-            self._prctl(self.PR_SET_SECCOMP, self.SECCOMP_MODE_FILTER, program)
-
-    def confirm_no_new_privs(self):
-        """Asks the kernel, since not every kernel's /proc shows it (gVisor's does not)."""
-        ctypes = self._ctypes
-        zero = ctypes.c_ulong(0)
-        if self._libc.prctl(self.PR_GET_NO_NEW_PRIVS, zero, zero, zero, zero) != 1:
-            raise PermissionError("the jail is not confined: no_new_privs is not set")
+LIMIT_KEYS = ("result_bytes", "memory_bytes", "cpu_secs", "processes", "file_bytes",
+              "tmp_bytes", "open_files", "output_files", "output_files_bytes")
 
 
-CAPABILITY_SETS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
+def read_settings(doc):
+    """The harness's settings (`HarnessSettings`): descriptors, rlimits, limits and, cold, the
+    seccomp filters."""
+    document(doc, ("result_fd", "job_fd", "rlimits", "limits"), ("seccomp", "unjailed_test"))
+    document(doc["rlimits"], ("NPROC", "CPU", "FSIZE", "NOFILE", "CORE"), ("AS",))
+    document(doc["limits"], LIMIT_KEYS)
+    return doc
 
 
-def confirm_confined(status_text):
-    """Raises unless the process described by `status_text` (its /proc/self/status) is what
-    every jail promises before user code: one unprivileged uid and gid in all four slots, no
-    supplementary group, no capability in any set, a seccomp filter. Checked from what the
-    kernel reports, not from the calls that should have made it so: a kernel that refuses one
-    (gVisor has no ambient set, no NoNewPrivs line) must not leave a gap unnoticed. A set the
-    kernel does not report does not exist there."""
-    fields = {}
-    for line in status_text.splitlines():
-        name, _, value = line.partition(":")
-        fields[name] = value.split()
-    problems = []
-    for name in ("Uid", "Gid"):
-        ids = set(fields.get(name, ()))
-        if len(ids) != 1 or "0" in ids:
-            problems.append(f"{name} {' '.join(fields.get(name, ())) or 'unknown'}")
-    if fields.get("Groups"):
-        problems.append("supplementary groups " + " ".join(fields["Groups"]))
-    for name in CAPABILITY_SETS:
-        value = fields.get(name)
-        if value is not None and int(value[0], 16) != 0:
-            problems.append(f"{name} {value[0]}")
-    if fields.get("Seccomp") != ["2"]:
-        problems.append(f"Seccomp {' '.join(fields.get('Seccomp', ())) or 'unknown'}")
-    if fields.get("NoNewPrivs", ["1"]) != ["1"]:
-        problems.append(f"NoNewPrivs {fields['NoNewPrivs'][0]}")
-    if problems:
-        raise PermissionError("the jail is not confined: " + ", ".join(problems))
+def read_job(fd):
+    """The job's JSON, from its descriptor (a memfd the service wrote), which is then closed."""
+    chunks = []
+    try:
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
 
 
 def enter(settings, filters):
@@ -1089,15 +456,10 @@ def run(reporter, limits, read_job):
 
 
 def main():
-    """The cold path: SETTINGS and the job's path on the command line."""
-    settings, job_path = json.loads(sys.argv[1]), sys.argv[2]
+    """The cold path: SETTINGS on the command line, the job on its descriptor."""
+    settings = read_settings(json.loads(sys.argv[1]))
     reporter = enter(settings, Filters(settings["seccomp"]))
-
-    def read_job():
-        with open(job_path, "rb") as file:
-            return file.read()
-
-    run(reporter, settings["limits"], read_job)
+    run(reporter, settings["limits"], lambda: read_job(settings["job_fd"]))
 
 
 if __name__ == "__main__":

@@ -16,15 +16,20 @@ use serde_json::value::RawValue;
 use crate::failure::ScriptFailure;
 use crate::protocol::{Nulls, OutputFile, SkippedFile};
 
-/// The harness, run as `python harness.py SETTINGS SCRIPT`.
-const HARNESS: &str = include_str!("harness.py");
-/// The warm path's zygote, which imports the harness from beside itself.
-const ZYGOTE: &str = include_str!("zygote.py");
-/// The harness's file name inside an execution's directory.
+/// The Python the service runs, by file name: the harness (run as `python harness.py
+/// SETTINGS`, the job on a descriptor), its modules, and the warm path's zygote, which imports
+/// the harness from beside itself.
+const FILES: [(&str, &str); 5] = [
+    (HARNESS_FILE, include_str!("harness.py")),
+    ("pyexec_confine.py", include_str!("pyexec_confine.py")),
+    ("pyexec_files.py", include_str!("pyexec_files.py")),
+    ("pyexec_mapping.py", include_str!("pyexec_mapping.py")),
+    (ZYGOTE_FILE, include_str!("zygote.py")),
+];
+/// The harness's file name in the installed directory.
 pub const HARNESS_FILE: &str = "harness.py";
-/// The job's file name in a cold execution's directory: the script and what comes with it
-/// (the warm path hands the same JSON over in a memfd).
-pub const JOB_FILE: &str = "job.json";
+/// The zygote's.
+pub const ZYGOTE_FILE: &str = "zygote.py";
 /// The protocol version this service understands.
 const PROTOCOL_VERSION: u32 = 2;
 /// The most `skipped_files` entries an answer carries: the harness's `MAX_SKIPPED`, which the
@@ -34,27 +39,20 @@ pub const MAX_SKIPPED: usize = 64;
 /// The most `nulls.paths` an answer carries: the harness's `MAX_NULL_PATHS`, held the same way.
 pub const MAX_NULL_PATHS: usize = 100;
 
-/// Writes the zygote and the harness into `dir`, readable by everyone (the zygote runs as an
-/// unprivileged host uid).
-pub fn install_zygote(dir: &Path) -> io::Result<()> {
+/// Writes the service's Python into `dir` (made if need be), root's and readable by everyone:
+/// every jail runs it from there read-only, as the slot's uid.
+pub fn install(dir: &Path) -> io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()
         .mode(0o755)
         .recursive(true)
         .create(dir)?;
-    for (name, text) in [("zygote.py", ZYGOTE), (HARNESS_FILE, HARNESS)] {
+    for (name, text) in FILES {
         let path = dir.join(name);
         std::fs::write(&path, text)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
     }
     Ok(())
-}
-
-/// Writes the harness and the job (JSON: `{"script": ...}` and the request's other fields)
-/// into an execution's directory.
-pub fn install(dir: &Path, job: &[u8]) -> io::Result<()> {
-    std::fs::write(dir.join(HARNESS_FILE), HARNESS)?;
-    std::fs::write(dir.join(JOB_FILE), job)
 }
 
 /// What the harness reported, read from its frames.
@@ -138,13 +136,19 @@ fn present<'de, D: serde::Deserializer<'de>>(
     Box::<RawValue>::deserialize(deserializer).map(Some)
 }
 
+/// Whether the first frame read from the result descriptor is `started`: the harness ran
+/// before any user code could (the rest is not read).
+pub fn started(bytes: &[u8]) -> bool {
+    let first = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
+    serde_json::from_slice::<Frame>(first)
+        .is_ok_and(|frame| frame.v == PROTOCOL_VERSION && frame.event == Event::Started)
+}
+
 /// Parses the bytes read from the result descriptor. `truncated` says the reader hit its cap.
 pub fn parse(bytes: &[u8], truncated: bool) -> Report {
+    let started = started(bytes);
     let mut lines = bytes.split(|&b| b == b'\n');
-    let started = lines
-        .next()
-        .and_then(|line| serde_json::from_slice::<Frame>(line).ok())
-        .is_some_and(|frame| frame.v == PROTOCOL_VERSION && frame.event == Event::Started);
+    lines.next();
     if !started {
         return Report {
             started,
@@ -313,6 +317,9 @@ mod tests {
         let mut seen = 0;
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
+            if path.is_dir() {
+                continue;
+            }
             let golden: Value =
                 serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
             let frame = &golden["frame"];

@@ -19,6 +19,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import harness  # noqa: E402  (after the path is set)
+import pyexec_confine  # noqa: E402
+import pyexec_files  # noqa: E402
+import pyexec_mapping  # noqa: E402
+import zygote  # noqa: E402
 
 # The limits the golden frames were made with.
 LIMITS = {
@@ -37,16 +41,20 @@ LIMITS = {
 def run(script, limits=LIMITS, **job):
     """Runs the harness on `script` (and the rest of the job: input, files, return_files,
     strict_result) as the service does, minus the jail, and returns its frames."""
-    with tempfile.TemporaryDirectory() as work, tempfile.TemporaryFile() as result:
+    with tempfile.TemporaryDirectory() as work, tempfile.TemporaryFile() as result, \
+            tempfile.TemporaryFile() as job_file:
         os.mkdir(os.path.join(work, "tmp"))
-        with open(os.path.join(work, "job.json"), "w", encoding="utf-8") as file:
-            json.dump({"script": script, **job}, file)
-        settings = {"result_fd": result.fileno(), "seccomp": [], "rlimits": {}, "limits": limits,
-                    "unjailed_test": True}
+        job_file.write(json.dumps({"script": script, **job}).encode())
+        job_file.seek(0)
+        settings = {"result_fd": result.fileno(), "job_fd": job_file.fileno(), "seccomp": [],
+                    "rlimits": {"NPROC": 1 << 14, "CPU": [600, 601], "FSIZE": 1 << 30,
+                                "NOFILE": 1024, "CORE": 0},
+                    "limits": limits, "unjailed_test": True}
         subprocess.run(
             [sys.executable, "-I", "-u", "-X", "utf8", "-B", os.path.join(HERE, "harness.py"),
-             json.dumps(settings), "job.json"],
-            cwd=work, env={"TMPDIR": os.path.join(work, "tmp")}, pass_fds=(result.fileno(),),
+             json.dumps(settings)],
+            cwd=work, env={"TMPDIR": os.path.join(work, "tmp")},
+            pass_fds=(result.fileno(), job_file.fileno()),
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             timeout=60, check=False,
         )
@@ -74,8 +82,8 @@ GVISOR_STATUS = "\n".join(
 
 class Confinement(unittest.TestCase):
     def test_a_confined_process_passes_on_linux_and_on_gvisor(self):
-        harness.confirm_confined(LINUX_STATUS)
-        harness.confirm_confined(GVISOR_STATUS)
+        pyexec_confine.confirm_confined(LINUX_STATUS)
+        pyexec_confine.confirm_confined(GVISOR_STATUS)
 
     def test_every_gap_is_named(self):
         for old, new, named in [
@@ -89,12 +97,43 @@ class Confinement(unittest.TestCase):
             ("Groups:\t", "Groups:\t0 27", "supplementary groups 0 27"),
         ]:
             with self.subTest(named), self.assertRaisesRegex(PermissionError, named):
-                harness.confirm_confined(LINUX_STATUS.replace(old, new))
+                pyexec_confine.confirm_confined(LINUX_STATUS.replace(old, new))
 
     def test_a_missing_seccomp_line_is_not_taken_for_a_filter(self):
         status = "\n".join(line for line in LINUX_STATUS.splitlines() if "Seccomp" not in line)
         with self.assertRaisesRegex(PermissionError, "Seccomp unknown"):
-            harness.confirm_confined(status)
+            pyexec_confine.confirm_confined(status)
+
+
+class GoldenDocuments(unittest.TestCase):
+    """The documents the service sends in and the replies it reads back (their Rust types are
+    in src/sandbox/documents.rs, which checks the same files)."""
+
+    def golden(self, name):
+        with open(os.path.join(HERE, "golden", "documents", name), encoding="utf-8") as file:
+            return json.load(file)
+
+    def test_what_the_service_sends_is_what_python_reads(self):
+        harness.read_settings(self.golden("harness_settings.json"))
+        zygote.read_init(self.golden("zygote_init.json"))
+        zygote.read_jail(self.golden("warm_jail.json"))
+        self.assertTrue(zygote.is_fork_request(self.golden("fork_request.json")))
+
+    def test_a_document_with_a_key_too_many_or_too_few_is_refused(self):
+        settings = self.golden("harness_settings.json")
+        for broken in ({**settings, "extra": 1}, {k: v for k, v in settings.items() if k != "limits"}):
+            with self.assertRaises(ValueError):
+                harness.read_settings(broken)
+        jail = self.golden("warm_jail.json")
+        with self.assertRaises(ValueError):
+            zygote.read_jail({**jail, "settings": {**jail["settings"], "job_fd": 4}})
+
+    def test_what_the_zygote_replies_is_what_the_service_reads(self):
+        replies = self.golden("replies.json")
+        self.assertEqual(zygote.ready(42), replies["ready"])
+        self.assertEqual(zygote.spawned(43), replies["spawned"])
+        self.assertEqual(zygote.fork_error("fork: no memory"), replies["error"])
+        self.assertEqual(zygote.exited(256), replies["exit"])
 
 
 class GoldenFrames(unittest.TestCase):
@@ -115,24 +154,24 @@ class Unencodable(unittest.TestCase):
     """The problem is judged from the value, never from words that happen to contain it."""
 
     def test_keys_named_like_nan_or_inf_do_not_make_a_nan(self):
-        found = harness.find_unencodable({"banana": 1.0, "info": object()})
+        found = pyexec_mapping.find_unencodable({"banana": 1.0, "info": object()})
         self.assertEqual(found, ("result['info']", "type", "object"))
-        found = harness.find_unencodable({"inf": {1}, "nan": 2})
+        found = pyexec_mapping.find_unencodable({"inf": {1}, "nan": 2})
         self.assertEqual(found, ("result['inf']", "type", "set"))
 
     def test_nan_and_infinities_are_told_apart_by_value(self):
-        self.assertEqual(harness.find_unencodable([1.5, float("nan")]), ("result[1]", "nan", "float"))
-        self.assertEqual(harness.find_unencodable({"x": float("inf")}), ("result['x']", "infinity", "float"))
-        self.assertEqual(harness.find_unencodable(float("-inf")), ("result", "negative_infinity", "float"))
+        self.assertEqual(pyexec_mapping.find_unencodable([1.5, float("nan")]), ("result[1]", "nan", "float"))
+        self.assertEqual(pyexec_mapping.find_unencodable({"x": float("inf")}), ("result['x']", "infinity", "float"))
+        self.assertEqual(pyexec_mapping.find_unencodable(float("-inf")), ("result", "negative_infinity", "float"))
 
     def test_a_huge_key_is_cut_in_the_path(self):
-        path, problem, _ = harness.find_unencodable({"k" * 10_000: object()})
+        path, problem, _ = pyexec_mapping.find_unencodable({"k" * 10_000: object()})
         self.assertEqual(problem, "type")
         self.assertLess(len(path), 100)
 
     def test_types_come_from_the_class_not_its_repr(self):
         import numpy
-        self.assertEqual(harness.find_unencodable(numpy.int64(3))[2], "numpy.int64")
+        self.assertEqual(pyexec_mapping.find_unencodable(numpy.int64(3))[2], "numpy.int64")
 
 
 class Exceptions(unittest.TestCase):
@@ -296,7 +335,7 @@ class Files(unittest.TestCase):
             return_files=True,
         )
         deep = "/".join(["d" * 255] * 3 + ["d" * 251])
-        self.assertEqual(len(deep + "/fits"), harness.MAX_PATH_BYTES)
+        self.assertEqual(len(deep + "/fits"), pyexec_files.MAX_PATH_BYTES)
         self.assertEqual([f["path"] for f in frame["files"]], [deep + "/fits"])
         self.assertEqual(frame["skipped_files"], [{"path": deep + "/" + "n" * 10, "reason": "path_too_long"}])
 
@@ -317,11 +356,11 @@ class Files(unittest.TestCase):
             ("ok/fine.csv", None), ("caf\u00e9/\ufffd.txt", None), ("a\\b", "name_refused"),
             ("a\nb", "name_refused"), ("a\x00b", "name_refused"), ("c1\x85", "name_refused"),
             ("nbsp\u00a0", None), (os.fsdecode(b"caf\xe9"), "name_not_utf8"),
-            (os.fsdecode(b"caf\xe9\\"), "name_not_utf8"), ("x" * harness.MAX_PATH_BYTES, None),
+            (os.fsdecode(b"caf\xe9\\"), "name_not_utf8"), ("x" * pyexec_files.MAX_PATH_BYTES, None),
             ("\u00e9" * 513, "path_too_long"),
         ]:
             with self.subTest(path=path):
-                self.assertEqual(harness.refused_path(path), reason)
+                self.assertEqual(pyexec_files.refused_path(path), reason)
 
     def test_the_caps_leave_files_out_and_say_so(self):
         frame = file_job(
@@ -381,7 +420,7 @@ class Mapping(unittest.TestCase):
     def test_the_null_paths_are_capped_but_counted(self):
         frame = self.result("np.full(1000, np.nan)")
         self.assertEqual(frame["nulls"]["count"], 1000)
-        self.assertEqual(len(frame["nulls"]["paths"]), harness.MAX_NULL_PATHS)
+        self.assertEqual(len(frame["nulls"]["paths"]), pyexec_mapping.MAX_NULL_PATHS)
 
     def test_floats_and_ints_come_back_exactly(self):
         frame = self.result("pd.DataFrame({'f': [0.1 + 0.2, 1.0034247693404562e-18], 'i': [2**53 + 1, -1]})")

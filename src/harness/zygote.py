@@ -4,7 +4,8 @@ fresh jail before any user code runs.
 
 The service starts it as `python -I -u -X utf8 -B zygote.py` (in `strict` inside an nsjail jail
 of its own; in `cloudrun` directly, see src/sandbox/command.rs) with a SOCK_SEQPACKET control
-socket on fd 3, and sends (the Rust types in src/sandbox/zygote.rs):
+socket on fd 3, and sends (the Rust types are in src/sandbox/documents.rs, the golden copies
+in golden/documents/, checked on both sides):
 
   init     {"namespaces": bool, "preload": [MODULE, ...], "seccomp": {"zygote": [HEX, ...],
             "script": [HEX, ...]}, "masks": [[SOURCE, TARGET], ...]}
@@ -27,7 +28,7 @@ The child waits on `go` (the service has put it in its cgroup), then leaves the 
 stack: `serve` returns into `main`, so no frame a script can walk up to holds the zygote. Then:
 fresh mount, ipc, uts and net namespaces (the zygote gave it a fresh pid namespace: it is
 process 1 there), its own /proc with the host-wide counters masked, a private /tmp and an
-empty read-only /sandbox, its stdio, a new session, every capability dropped (bounding and
+its stdio, a new session, every capability dropped (bounding and
 inheritable sets, the ambient set where the kernel has one), its own uid and gid, every random
 generator the preloaded modules hold reseeded from the kernel, and the harness's enter():
 rlimits, no_new_privs, the seccomp filters, the confinement check, "started". Then the harness
@@ -47,10 +48,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402  (found beside this file)
+import pyexec_confine  # noqa: E402
 
 CONTROL_FD = 3
-# In the child: where the job's memfd is until the harness reads it.
-JOB_FD = 4
+# In the child: where the job's memfd is until the harness reads it (its settings say so too).
+JOB_FD = 5
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
@@ -58,6 +60,9 @@ CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x1, 0x2, 0x4, 0x8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 0x20, 0x1000, 0x4000, 0x40000
+MS_MOVE, MNT_DETACH = 0x2000, 2
+# Where a child mounts its /proc before moving it over the zygote's (made by the zygote).
+PROC_STAGE = b"/tmp/proc"
 PR_CAPBSET_DROP, PR_SET_PDEATHSIG, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 24, 1, 47, 4
 PR_CAP_AMBIENT_IS_SET, PR_SET_DUMPABLE = 1, 4
 LINUX_CAPABILITY_VERSION_3 = 0x20080522
@@ -92,7 +97,7 @@ class CapData(ctypes.Structure):
 def has_ambient_capabilities():
     """Whether this kernel has an ambient capability set (Linux 4.3 and later; gVisor has
     none): asked once, so a child clears the set where it exists and is not failed where it
-    does not. harness.confirm_confined checks the outcome either way."""
+    does not. pyexec_confine.confirm_confined checks the outcome either way."""
     zero = ctypes.c_ulong(0)
     return LIBC.prctl(PR_CAP_AMBIENT, ctypes.c_ulong(PR_CAP_AMBIENT_IS_SET), zero, zero, zero) >= 0
 
@@ -126,6 +131,44 @@ def reseed(generators):
             generator.bit_generator.state = type(generator.bit_generator)().state
         else:
             generator.state = type(generator)().state
+
+
+def read_init(doc):
+    """The init message (`ZygoteInit`)."""
+    harness.document(doc, ("namespaces", "preload", "seccomp", "masks"))
+    harness.document(doc["seccomp"], ("zygote", "script"))
+    return doc
+
+
+def read_jail(doc):
+    """A child's jail settings (`WarmJail`)."""
+    harness.document(doc, ("uid", "cwd", "tmp_bytes", "env", "settings"))
+    harness.read_settings(doc["settings"])
+    if doc["settings"]["job_fd"] != JOB_FD:
+        raise ValueError(f"the job is on descriptor {JOB_FD} in a warm child")
+    return doc
+
+
+def is_fork_request(doc):
+    """Whether a control message is a fork request (`ForkRequest`)."""
+    return harness.document(doc, ("fork",)) == {"fork": {}}
+
+
+# The replies (`Ready`, `Status`).
+def ready(pid):
+    return {"ready": pid}
+
+
+def spawned(pid):
+    return {"spawned": pid}
+
+
+def fork_error(why):
+    return {"error": why}
+
+
+def exited(status):
+    return {"exit": status}
 
 
 def read_all(fd):
@@ -167,15 +210,17 @@ class Child:
 class Zygote:
     def __init__(self, control):
         self.control = control
-        init = json.loads(control.recv(1 << 20))
+        init = read_init(json.loads(control.recv(1 << 20)))
         for module in init["preload"]:
             __import__(module)
-        self.script_filters = harness.Filters(init["seccomp"]["script"])
-        harness.Filters(init["seccomp"]["zygote"]).install()
+        self.script_filters = pyexec_confine.Filters(init["seccomp"]["script"])
+        pyexec_confine.Filters(init["seccomp"]["zygote"]).install()
         self.namespaces = init["namespaces"]
         self.masks = [(source.encode(), target.encode()) for source, target in init["masks"]]
         self.ambient = has_ambient_capabilities()
         self.generators = random_generators()
+        if self.namespaces:
+            os.makedirs(PROC_STAGE, exist_ok=True)
         self.own_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY) if self.namespaces else None
         # Each child's status socket, by pid.
         self.children = {}
@@ -189,7 +234,7 @@ class Zygote:
         gc.freeze()
         if len(os.listdir("/proc/self/task")) != 1:
             raise SystemExit("the zygote must be single-threaded to fork safely")
-        self.control.sendmsg([json.dumps({"ready": os.getpid()}).encode()])
+        self.control.sendmsg([json.dumps(ready(os.getpid())).encode()])
 
     def serve(self):
         """Forks a child per request until the service closes the control socket; returns only
@@ -205,6 +250,8 @@ class Zygote:
                 message, fds, _, _ = socket.recv_fds(self.control, 1 << 16, 8)
                 if not message:
                     raise SystemExit(0)  # the service closed its end: nothing more to do
+                if not is_fork_request(json.loads(message)):
+                    raise SystemExit("pyexec zygote: not a fork request")
                 child = self.fork_one(fds)
                 if child is not None:
                     return child
@@ -225,7 +272,7 @@ class Zygote:
             status_fd = self.children.pop(pid, None)
             if status_fd is not None:
                 try:
-                    send(status_fd, {"exit": status})
+                    send(status_fd, exited(status))
                 except OSError:
                     pass  # the service gave up on it
                 os.close(status_fd)
@@ -246,7 +293,7 @@ class Zygote:
             for fd in theirs:
                 os.close(fd)
             try:
-                send(status_fd, {"error": str(error)})
+                send(status_fd, fork_error(str(error)))
             finally:
                 os.close(status_fd)
             return None
@@ -263,7 +310,7 @@ class Zygote:
         # it). Without namespaces our pids are the service's, and an unprivileged container
         # could not send another process's credentials at all.
         try:
-            send(status_fd, {"spawned": pid}, credentials_pid=pid if self.namespaces else None)
+            send(status_fd, spawned(pid), credentials_pid=pid if self.namespaces else None)
         except OSError:
             pass  # the service gave up on it: it never gets `go`, and ends by itself
         return None
@@ -288,7 +335,7 @@ def become_execution(child):
         if os.read(child.go_fd, 1) != b"g":
             os._exit(70)  # the service gave up on this execution
         os.close(child.go_fd)
-        jail_doc = json.loads(read_all(child.jail_fd))
+        jail_doc = read_jail(json.loads(read_all(child.jail_fd)))
         os.close(child.jail_fd)
         if child.namespaces:
             jail(jail_doc, child.masks)
@@ -306,7 +353,7 @@ def become_execution(child):
         settings, filters = jail_doc["settings"], child.filters
         del child, jail_doc
         reporter = harness.enter(settings, filters)
-        harness.run(reporter, settings["limits"], lambda: read_job(JOB_FD))
+        harness.run(reporter, settings["limits"], lambda: harness.read_job(JOB_FD))
     except BaseException as error:
         try:
             os.write(2, f"pyexec: the warm sandbox could not start: {error!r}\n".encode())
@@ -314,27 +361,25 @@ def become_execution(child):
             os._exit(71)
 
 
-def read_job(fd):
-    try:
-        return read_all(fd)
-    finally:
-        os.close(fd)
-
-
 def jail(jail_doc, masks):
     """Fresh namespaces and mounts for one execution (it is already process 1 of its own pid
     namespace): nothing another execution had or has."""
     check(LIBC.unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET), "unshare")
     mount(None, b"/", None, MS_REC | MS_PRIVATE)
-    mount(b"proc", b"/proc", b"proc", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    # The zygote's own /proc and /tmp go, so the child's replace them rather than stack on
+    # them: its mounts are a cold jail's, flag for flag (tests/escape.rs compares them). A
+    # user namespace may mount a proc only while another is fully visible, so the new one is
+    # made beside the old (PROC_STAGE), the old unmounted, and the new moved into place.
+    mount(b"proc", PROC_STAGE, b"proc", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    check(LIBC.umount2(b"/proc", MNT_DETACH), "umount /proc")
+    mount(PROC_STAGE, b"/proc", None, MS_MOVE)
+    check(LIBC.umount2(b"/tmp", MNT_DETACH), "umount /tmp")
     for source, target in masks:
         mount(source, target, None, MS_BIND)
-        mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
     uid = jail_doc["uid"]
     tmp = f"size={jail_doc['tmp_bytes']},mode=0700,uid={uid},gid={uid}".encode()
-    mount(b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV, tmp)
-    flags = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
-    mount(b"tmpfs", b"/sandbox", b"tmpfs", flags, b"size=4096,mode=0755")
+    mount(b"tmpfs", b"/tmp", b"tmpfs", 0, tmp)
 
 
 def drop_privileges(uid, ambient):

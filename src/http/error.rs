@@ -1,5 +1,7 @@
-//! Every error the API answers with, and the one place that maps each to a status and a body
-//! (its `code` and details). Matches are exhaustive: a new variant must be given a status.
+//! Every error the API answers with, and the one conversion from each to its body's `code` and
+//! details ([`ErrorDetails`]); the status comes from the code (`ServiceError::status`), so a
+//! new variant needs one decision. A 5xx body says only its code's fixed sentence: the error
+//! itself, with its reason, is logged here, once.
 
 use axum::extract::rejection::JsonRejection;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -7,17 +9,20 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 
 use super::log::OutcomeCode;
+use crate::admission::NoRoom;
 use crate::job::JobError;
 use crate::protocol::{ErrorBody, ErrorDetails, FailedScript, HealthStatus, ServiceError};
 use crate::sandbox::SandboxError;
+use crate::telemetry::ErrorChain;
 use crate::validate::ValidationError;
 
 /// Seconds a client should wait before retrying a 503.
 const RETRY_AFTER_SECS: &str = "5";
-/// ... and after a 503 for a full queue: a slot frees up within a script's run.
+/// ... and after a 503 `busy`: a slot frees up within a script's run.
 const RETRY_AFTER_BUSY_SECS: &str = "1";
 
-/// An error answer of the API.
+/// An error answer of the API. Its `Display` is the body's `error` for a 4xx, and what is
+/// logged for a 5xx.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("the request body is not valid JSON: {0}")]
@@ -37,60 +42,32 @@ pub enum ApiError {
     ScriptFailed(Box<FailedScript>),
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
-    /// Too much at once in front of the sandbox (bodies, connections): retry shortly.
-    #[error("the service is busy: {0}; retry shortly")]
-    Busy(&'static str),
+    /// `GET /health`'s 503: the same code as the sandbox's failures, with the reason in the
+    /// body for the operator and the probes that read it.
+    #[error("the sandbox is unavailable: {0}")]
+    Unhealthy(String),
+    /// Too many request bodies are being received at once.
+    #[error(transparent)]
+    Crowded(#[from] NoRoom),
     #[error("no such endpoint: GET / lists the endpoints")]
     NotFound,
     #[error("method not allowed here: GET / lists each endpoint's method")]
     MethodNotAllowed,
-    /// The whole request outlasted the backstop timeout (the sandbox's own limits answer first).
-    #[error("the request took too long and was stopped; retry later")]
+    /// The whole request outlasted the backstop timeout: a fault, since the sandbox's own
+    /// limits answer first.
+    #[error("the request outlasted the backstop timeout (queue wait, time limit and body read)")]
     TooSlow,
-    /// A fault of the service itself; what went wrong is in the log, never in the answer.
-    #[error("the service failed internally; retry, and report it if it persists")]
+    /// A fault of the service itself, logged where it happened.
+    #[error("the service failed internally")]
     Internal,
-    /// Another status produced below the handlers.
-    #[error("{message}")]
-    Other { status: StatusCode, message: String },
+    /// A malformed request no other variant covers, refused below the handlers.
+    #[error("{0}")]
+    BadRequest(String),
 }
 
 impl ApiError {
-    pub fn status(&self) -> StatusCode {
-        match self {
-            Self::InvalidJson(_)
-            | Self::InvalidRequest(_)
-            | Self::ScriptFailed(_)
-            | Self::InvalidJob(
-                JobError::Script(ValidationError::Empty)
-                | JobError::InputTooDeep { .. }
-                | JobError::FilePath { .. }
-                | JobError::FileContent { .. }
-                | JobError::TooManyFiles { .. }
-                | JobError::Pattern(_)
-                | JobError::Limit { .. },
-            ) => StatusCode::BAD_REQUEST,
-            Self::InvalidJob(
-                JobError::Script(ValidationError::TooLarge { .. }) | JobError::FilesTooLarge { .. },
-            )
-            | Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::Sandbox(
-                SandboxError::Unavailable(_) | SandboxError::Busy(_) | SandboxError::ShuttingDown,
-            )
-            | Self::Busy(_)
-            | Self::TooSlow => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Sandbox(SandboxError::Internal { .. }) | Self::Internal => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
-            Self::NotFound => StatusCode::NOT_FOUND,
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Other { status, .. } => *status,
-        }
-    }
-
-    /// The body's `code` and details.
+    /// The body's `code` and details, which decide its status: the one match from an error to
+    /// what the client gets.
     fn into_details(self) -> ErrorDetails {
         let service = match self {
             Self::ScriptFailed(failed) => return ErrorDetails::Script(failed),
@@ -129,36 +106,42 @@ impl ApiError {
             },
             Self::Sandbox(SandboxError::Unavailable(_)) => ServiceError::SandboxUnavailable {
                 status: HealthStatus::Unhealthy,
+                reason: None,
             },
-            Self::Sandbox(SandboxError::Busy(_)) | Self::Busy(_) => ServiceError::Busy,
+            Self::Unhealthy(reason) => ServiceError::SandboxUnavailable {
+                status: HealthStatus::Unhealthy,
+                reason: Some(reason),
+            },
+            Self::Sandbox(SandboxError::Busy(_)) | Self::Crowded(_) => ServiceError::Busy,
             Self::Sandbox(SandboxError::ShuttingDown) => ServiceError::ShuttingDown,
             Self::Sandbox(SandboxError::Internal { .. }) | Self::Internal | Self::TooSlow => {
                 ServiceError::InternalError
             }
             Self::NotFound => ServiceError::NotFound,
             Self::MethodNotAllowed => ServiceError::MethodNotAllowed,
-            Self::Other { status, .. } if status.is_server_error() => ServiceError::InternalError,
-            Self::Other { .. } => ServiceError::BadRequest,
+            Self::BadRequest(_) => ServiceError::BadRequest,
         };
         ErrorDetails::Service(service)
     }
 
-    /// The error for a response that left a layer below the handlers without a JSON body.
+    /// The error for a response that left a layer below the handlers without a JSON body. A
+    /// status with no code of its own is answered as the nearest code's: another 4xx as 400
+    /// `bad_request`, another 5xx as 500 `internal_error`.
     pub fn from_status(status: StatusCode) -> Self {
         match status {
             StatusCode::NOT_FOUND => Self::NotFound,
             StatusCode::METHOD_NOT_ALLOWED => Self::MethodNotAllowed,
             StatusCode::PAYLOAD_TOO_LARGE => Self::BodyTooLarge,
             StatusCode::REQUEST_TIMEOUT => Self::BodyTimeout,
+            // The backstop timeout answers 503 (`TimeoutLayer` in `http/mod.rs`).
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT => Self::TooSlow,
             status if status.is_server_error() => Self::Internal,
-            status => Self::Other {
-                status,
-                message: status
+            status => Self::BadRequest(
+                status
                     .canonical_reason()
                     .unwrap_or("request failed")
                     .to_lowercase(),
-            },
+            ),
         }
     }
 }
@@ -180,38 +163,35 @@ impl From<JsonRejection> for ApiError {
             {
                 Self::BodyTooLarge
             }
-            other => Self::Other {
-                status: other.status(),
-                message: other.body_text(),
-            },
+            other if other.status().is_server_error() => Self::Internal,
+            other => Self::BadRequest(other.body_text()),
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = self.status();
-        // The service's own faults and a broken sandbox are the operator's to know about.
-        if let Self::Sandbox(SandboxError::Unavailable(_)) = &self {
-            tracing::error!(error = %self, "request failed");
-        }
-        let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
-            tracing::error!(error = %crate::telemetry::ErrorChain(&self), "request failed");
-            Self::Internal.to_string()
-        } else {
-            self.to_string()
+        let said = self.to_string();
+        let chain = ErrorChain(&self).to_string();
+        let details = self.into_details();
+        let status = details.status();
+        let error = match &details {
+            ErrorDetails::Service(code) => match code.fixed_message() {
+                Some(sentence) => {
+                    log(code, &chain);
+                    sentence.to_owned()
+                }
+                None => said,
+            },
+            ErrorDetails::Script(_) => said,
         };
-        let retry_after = match &self {
-            Self::Sandbox(SandboxError::Busy(_)) | Self::Busy(_) => Some(RETRY_AFTER_BUSY_SECS),
+        let retry_after = match &details {
+            ErrorDetails::Service(ServiceError::Busy) => Some(RETRY_AFTER_BUSY_SECS),
             _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(RETRY_AFTER_SECS),
             _ => None,
         };
-        let details = self.into_details();
         let code = OutcomeCode(details.code());
-        let body = ErrorBody {
-            error: message,
-            details,
-        };
+        let body = ErrorBody { error, details };
         let mut response = (status, Extension(code), Json(body)).into_response();
         if let Some(after) = retry_after {
             response
@@ -219,5 +199,16 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static(after));
         }
         response
+    }
+}
+
+/// The one log line of a 5xx, inside the request's span: what its body leaves out. Overload
+/// and shutdown are the load's doing (warn); anything else is a failure to look at (error).
+fn log(code: &ServiceError, error: &str) {
+    match code {
+        ServiceError::Busy | ServiceError::ShuttingDown => {
+            tracing::warn!(code = <&str>::from(code), error, "request refused");
+        }
+        _ => tracing::error!(code = <&str>::from(code), error, "request failed"),
     }
 }

@@ -5,6 +5,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 
 use super::error::ApiError;
+use super::extract;
 use super::log::Usage;
 use crate::app::AppState;
 use crate::job::Job;
@@ -30,7 +31,7 @@ pub(super) async fn execute(
     State(state): State<AppState>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let body: ExecuteRequest = state.bodies.read_json(request).await?;
+    let body: ExecuteRequest = extract::read_json(&state.bodies, request).await?;
     let job = Job::from_request(body, &state.config.limits)?;
     // Admitted only once the body is in, so a slow client holds no sandbox and no queue place:
     // the queue holds whole requests, at most `max_queue` of them.
@@ -42,9 +43,10 @@ pub(super) async fn execute(
         profile,
         path,
         queue_wait,
+        ..
     } = state.sandbox.execute(ticket, &job).await?;
     let usage = Usage {
-        path,
+        path: path.as_str(),
         profile: profile.name(),
         queue_wait,
         sandbox_run: std::time::Duration::from_millis(output.duration_ms),

@@ -1,5 +1,6 @@
 //! `GET /health`: 200 when scripts can run, with the active profile and what it guarantees;
-//! 503 with the reason otherwise (Cloud Run's probes).
+//! 503 otherwise, with the sandbox's reason in `reason` (for the operator and Cloud Run's
+//! probes: the one answer that says it, where `POST /execute` says only its fixed sentence).
 
 use axum::Json;
 use axum::extract::State;
@@ -7,7 +8,6 @@ use axum::extract::State;
 use super::ApiError;
 use crate::app::AppState;
 use crate::protocol::{ErrorBody, FailedProfile, HealthResponse, HealthStatus};
-use crate::sandbox::SandboxError;
 
 /// Whether scripts can run, and how strongly they are isolated.
 #[utoipa::path(
@@ -15,7 +15,7 @@ use crate::sandbox::SandboxError;
     path = "/health",
     responses(
         (status = 200, description = "Scripts can run", body = HealthResponse),
-        (status = 503, description = "The sandbox is unavailable; the reason is in `error`", body = ErrorBody,
+        (status = 503, description = "The sandbox is unavailable; the reason is in `reason`", body = ErrorBody,
             headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
     )
 )]
@@ -23,10 +23,7 @@ pub(super) async fn health(
     State(state): State<AppState>,
 ) -> Result<Json<HealthResponse>, ApiError> {
     let sandbox = &state.sandbox;
-    sandbox
-        .health()
-        .await
-        .map_err(|reason| ApiError::Sandbox(SandboxError::Unavailable(reason)))?;
+    sandbox.health().await.map_err(ApiError::Unhealthy)?;
     let warm = sandbox.warm_state();
     Ok(Json(HealthResponse {
         status: HealthStatus::Healthy,

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::ApiError;
 use crate::app::AppState;
-use crate::protocol::{Endpoint, InfoResponse};
+use crate::protocol::{Endpoint, InfoResponse, ServiceLimits};
 
 /// What the service offers: endpoints, limits, isolation, the sandbox's Python and packages.
 /// JSON unless the client prefers `text/html` (a browser), which gets the page.
@@ -104,7 +104,7 @@ fn describe(state: &AppState) -> InfoResponse {
                 description: "The API as an OpenAPI 3.1 document: every request, status and body.",
             },
         ],
-        limits: state.config.limits.clone(),
+        limits: ServiceLimits::from(&state.config.limits),
         isolation: state.sandbox.isolation(),
         python: installed.python.clone(),
         packages: installed.packages.clone(),

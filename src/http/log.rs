@@ -17,6 +17,7 @@ use axum::response::Response;
 
 use crate::app::AppState;
 use crate::metrics::ExecutionRecord;
+use crate::protocol::millis;
 
 /// The `code` of an error answer; a response without one is logged as `ok`.
 #[derive(Debug, Clone, Copy)]
@@ -69,10 +70,10 @@ pub async fn access_log(State(state): State<AppState>, request: Request, next: N
         http_request.user_agent = user_agent,
         trace,
         code,
-        duration_ms = crate::telemetry::millis(took),
+        duration_ms = millis(took),
         path = usage.map(|usage| usage.path),
-        queue_ms = usage.map(|usage| crate::telemetry::millis(usage.queue_wait)),
-        sandbox_ms = usage.map(|usage| crate::telemetry::millis(usage.sandbox_run)),
+        queue_ms = usage.map(|usage| millis(usage.queue_wait)),
+        sandbox_ms = usage.map(|usage| millis(usage.sandbox_run)),
         memory_peak_bytes = usage.and_then(|usage| usage.memory_peak_bytes),
         "request"
     );

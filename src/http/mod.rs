@@ -22,7 +22,6 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
-pub use extract::BodyBudget;
 pub use request_id::RequestIds;
 
 use crate::app::AppState;

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use rustix::process::{Pid, Signal, kill_process};
 
-use super::profile::LimitsBackend;
 use crate::config::Limits;
+use crate::protocol::LimitsBackend;
 
 const ROOT: &str = "/sys/fs/cgroup";
 /// The name of the group all instances' subtrees live in.

@@ -1,51 +1,63 @@
-//! Runs validated scripts in nsjail: one fresh jail, one private directory, one slot (a host
-//! uid of its own) and, where the host allows, one cgroup per execution. At start-up it finds
-//! out what this kernel allows and picks the strongest profile that works. A script that fails
-//! is an [`Outcome`], not an error; [`SandboxError`] is only for the sandbox itself failing.
+//! Runs validated scripts in nsjail: one fresh jail, one slot (a host uid of its own) and,
+//! where the host allows, one cgroup per execution. At start-up it finds out what this kernel
+//! allows and picks the strongest profile that works (`startup.rs`). Each execution is
+//! launched one of two ways, warm (`warm.rs`: a child of the zygote) or cold (`cold.rs`: a
+//! jail of its own), then supervised and classified the same way (`launch.rs`, `outcome.rs`).
+//! A script that fails is an [`Outcome`], not an error; [`SandboxError`] is only for the
+//! sandbox itself failing.
 
+#[doc(hidden)]
+pub mod bench;
 mod block;
 mod cgroup;
 mod cleanup;
+mod cold;
 mod command;
+mod documents;
+mod launch;
 mod masks;
 mod outcome;
 mod packages;
 mod phases;
 mod process;
 mod profile;
+mod recheck;
 mod seccomp;
 mod slots;
 mod startup;
+mod supervisor;
+mod warm;
 mod watchdog;
+mod workdir;
 mod zygote;
 
 use std::io;
-use std::os::unix::fs::{PermissionsExt, chown};
-use std::path::Path;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+pub use launch::RunPath;
 pub use outcome::{Execution, Outcome};
-pub use packages::{Installed, Package, normalized as package_name};
-pub use profile::{Isolation, LimitsBackend};
+pub use packages::{Installed, normalized as package_name};
 pub use slots::Ticket;
 pub use startup::{ProfileFailure, StartError, WarmState};
 
 use crate::config::{Limits, Profile, ProfileChoice, SandboxConfig};
-use crate::harness;
 use crate::job::Job;
+use crate::protocol::{Isolation, LimitsBackend};
 use crate::validate::validate;
 use block::Block;
 use cgroup::Cgroups;
+use launch::{Launched, NotStarted, Ran};
+use process::Finished;
 use phases::Phases;
-use process::{Caps, Finished};
+use process::Caps;
 use profile::ActiveProfile;
-use slots::{Refused, Slot, Slots};
-use startup::{CANARY, Choice, Health};
+use slots::{Refused, Slots};
+use startup::{Choice, Health};
+use supervisor::ZygoteSupervisor;
 use tokio_util::sync::CancellationToken;
-use zygote::{Warm, Zygote};
 
 /// nsjail's log is a few lines; more than this is noise.
 const LOG_CAP: usize = 64 * 1024;
@@ -81,7 +93,7 @@ pub struct Sandbox {
     /// What covers the host-wide `/proc` counters in a namespaced jail (`masks.rs`).
     masks: Vec<masks::Mask>,
     /// The warm path, where it is on and started.
-    warm: Mutex<Option<Arc<Warm>>>,
+    warm: Mutex<Option<Arc<ZygoteSupervisor>>>,
     /// What the sandbox Python has installed, read once it works (`packages.rs`).
     installed: Mutex<Arc<Installed>>,
 }
@@ -117,10 +129,11 @@ impl From<Refused> for SandboxError {
 }
 
 impl Sandbox {
-    /// A sandbox that has probed nothing and run nothing: unhealthy until [`Sandbox::start`].
-    /// Enough for what needs no jail (routing, request parsing).
+    /// A sandbox that has probed nothing and run nothing: unhealthy until [`Sandbox::start`],
+    /// and every execution answers `Unavailable`. Enough for what needs no jail (routing,
+    /// request parsing).
     pub fn new(mut config: SandboxConfig, limits: Limits) -> Self {
-        // nsjail runs in the execution's directory: relative paths must not depend on it.
+        // Relative paths must not depend on the directory a jail starts in.
         if let Ok(dir) = std::path::absolute(&config.profile_dir) {
             config.profile_dir = dir;
         }
@@ -194,7 +207,8 @@ impl Sandbox {
         self.slots.uids()
     }
 
-    /// Where this instance makes its execution directories (its own), once started.
+    /// Where this instance keeps its own files and makes its execution directories, once
+    /// started.
     pub fn work_dir(&self) -> Option<&Path> {
         self.block.as_ref().map(Block::work_dir)
     }
@@ -235,21 +249,24 @@ impl Sandbox {
     }
 
     /// A place for one execution, if the running and waiting ones leave room; never waits.
-    /// Taken before a request's body is read, so a request that could not run costs nothing.
+    /// Taken once the request's body is in, so the requests held in memory never exceed the
+    /// slots plus the queue.
     pub fn admit(&self) -> Result<Ticket, SandboxError> {
         self.slots.admit().map_err(SandboxError::from)
     }
 
     /// Runs `job` in a fresh jail once a slot is free, and waits for it, at most its time
-    /// limit. The answer does not wait for the teardown: the slot keeps its place (and so
-    /// counts in admission) until its sweep is done, in the background.
+    /// limit: warm where a zygote can fork it, else cold, and cold again if and only if the
+    /// warm child never said `started` (no user code ran, so nothing can run twice). The
+    /// answer does not wait for the teardown where nothing of the execution is visible to
+    /// another: the slot keeps its place (and so counts in admission) until its sweep is done.
     #[tracing::instrument(skip_all, fields(script_bytes = job.script.as_str().len()))]
     pub async fn execute(&self, ticket: Ticket, job: &Job) -> Result<Execution, SandboxError> {
-        if self.block.is_none() {
+        let Some(block) = &self.block else {
             return Err(SandboxError::Unavailable(
                 "the sandbox has not been started".to_owned(),
             ));
-        }
+        };
         let begun = Instant::now();
         let mut slot = ticket.acquire().await?;
         let mut phases = Phases {
@@ -258,34 +275,33 @@ impl Sandbox {
         };
         let profile = self.profile();
         slot.sweep_files = !profile.namespaced();
-        let prepared = self.prepare(profile, slot.uid, job).await?;
+        let prepared = self
+            .prepare(block.work_dir(), profile, slot.uid, &job.limits)
+            .await?;
         (phases.workdir, phases.cgroup) = (prepared.workdir_took, prepared.cgroup_took);
-        let workdir = prepared.workdir;
+        let workdir = prepared.workdir.clone();
         // From here the slot owns both: on every path its sweep removes them with the rest.
-        slot.hold(workdir.clone(), prepared.cgroup);
+        slot.hold(prepared.workdir, prepared.cgroup);
         // Without a cgroup, memory is bounded per process only: watch the execution as a whole.
         let watchdog = self.cgroups.is_none().then(|| {
-            let mut dirs = Vec::new();
-            if !profile.namespaced() {
-                dirs.push(workdir.join(command::TMP_DIR));
-                dirs.extend(cleanup::SHARED_TMP.iter().map(PathBuf::from));
-            }
+            // Without a mount namespace, what it writes to disk is host memory too.
+            let dirs = match &workdir {
+                Some(workdir) if !profile.namespaced() => {
+                    std::iter::once(workdir.join(command::TMP_DIR))
+                        .chain(cleanup::SHARED_TMP.iter().map(PathBuf::from))
+                        .collect()
+                }
+                _ => Vec::new(),
+            };
             watchdog::Watchdog::start(slot.uid, dirs, job.limits.memory_bytes)
         });
-        let warm = match self.zygote(profile) {
-            Some((zygote, share)) => {
-                self.run_warm(profile, (&zygote, share), &slot, &workdir, job)
-                    .await
-            }
-            None => Err(zygote::Unavailable("the warm path is off".to_owned())),
+        let run = launch::Run {
+            profile,
+            slot: &slot,
+            workdir: workdir.as_deref(),
+            job,
         };
-        let (finished, path) = match warm {
-            Ok(finished) => (finished, "warm"),
-            Err(unavailable) => {
-                tracing::debug!(reason = %unavailable, "running cold");
-                (self.run_cold(profile, &slot, &workdir, job).await?, "cold")
-            }
-        };
+        let (finished, path, cold_because) = self.run_on_a_path(&run, job).await?;
         phases.set_run(
             finished.spawned_at,
             finished.result.first_at,
@@ -306,9 +322,11 @@ impl Sandbox {
         } else {
             slot.release_now(phases, path).await;
         }
+        // nsjail supervises (and logs the script's exit) only a cold namespaced jail.
+        let nsjail_log = path == RunPath::Cold && profile.namespaced();
         let mut outcome = outcome::classify(
             &finished,
-            profile,
+            nsjail_log,
             usage.oom_killed || over_memory,
             &job.limits,
         )?;
@@ -326,8 +344,54 @@ impl Sandbox {
             memory_peak_bytes: usage.memory_peak_bytes,
             profile,
             path,
+            cold_because,
             queue_wait: phases.queue,
         })
+    }
+
+    /// Runs `run` warm where a zygote can fork it, else cold, and cold again if and only if
+    /// the warm child never said `started`: no user code ran, so nothing can run twice.
+    /// Returns what ran, where, and why it was not warm.
+    async fn run_on_a_path(
+        &self,
+        run: &launch::Run<'_>,
+        job: &Job,
+    ) -> Result<(Finished, RunPath, Option<String>), SandboxError> {
+        let warm = match self.zygote(run.profile) {
+            Some((zygote, share)) => self.launch_warm(run, &zygote, share).await,
+            None => Err(NotStarted("the warm path is off".to_owned())),
+        };
+        let reason = match warm {
+            Ok(launched) => match self.supervise(launched, job).await? {
+                Ran::Started(finished) => return Ok((*finished, RunPath::Warm, None)),
+                // The zygote forked, yet its child failed before the harness: the sandbox's
+                // fault, worth an operator's eye, though the execution goes on cold.
+                Ran::NotStarted(NotStarted(reason)) => {
+                    tracing::warn!(
+                        reason,
+                        "a warm child failed before it started; running cold"
+                    );
+                    reason
+                }
+            },
+            Err(NotStarted(reason)) => reason,
+        };
+        tracing::debug!(reason, "running cold");
+        match self.supervise(self.launch_cold(run)?, job).await? {
+            Ran::Started(finished) => Ok((*finished, RunPath::Cold, Some(reason))),
+            Ran::NotStarted(NotStarted(reason)) => Err(SandboxError::Unavailable(reason)),
+        }
+    }
+
+    /// Supervises a launched jail to its end under the job's limits.
+    async fn supervise(&self, launched: Launched, job: &Job) -> Result<Ran, SandboxError> {
+        launched
+            .supervise(
+                job.limits.time_limit(),
+                Self::caps(&job.limits),
+                &self.cancel,
+            )
+            .await
     }
 
     /// What is read of an execution's output: its stdout and stderr caps, and room for the
@@ -345,179 +409,6 @@ impl Sandbox {
         }
     }
 
-    /// A cold jail: nsjail with the harness, started for this execution alone.
-    async fn run_cold(
-        &self,
-        profile: Profile,
-        slot: &Slot,
-        workdir: &Path,
-        job: &Job,
-    ) -> Result<Finished, SandboxError> {
-        let limits = &job.limits;
-        let harness_job =
-            serde_json::to_vec(&job.to_harness()).map_err(|error| SandboxError::Internal {
-                context: "encoding the job failed",
-                source: io::Error::other(error),
-            })?;
-        let (dir, uid) = (workdir.to_owned(), slot.uid);
-        blocking(move || install_cold(&dir, uid, &harness_job)).await??;
-        let cmd = command::build(&command::Run {
-            config: &self.config,
-            limits,
-            profile,
-            workdir,
-            uid: slot.uid,
-            cgroup_dirs: slot.cgroup().map(cgroup::Cgroup::dirs).unwrap_or_default(),
-            python_args: None,
-            seccomp: &self.seccomp,
-            masks: &self.masks,
-        });
-        let time_limit = limits.time_limit();
-        process::run(
-            cmd,
-            command::FDS,
-            time_limit,
-            Self::caps(limits),
-            &self.cancel,
-        )
-        .await
-        .map_err(|source| self.spawn_error(source))
-    }
-
-    /// A child of the zygote, in the slot's cgroup before it does anything; `Unavailable` when
-    /// the zygote could not give one (the execution then goes cold).
-    async fn run_warm(
-        &self,
-        profile: Profile,
-        (zygote, share): (&Arc<Zygote>, zygote::Share),
-        slot: &Slot,
-        workdir: &Path,
-        job: &Job,
-    ) -> Result<Finished, zygote::Unavailable> {
-        let unavailable = |error: io::Error| zygote::Unavailable(error.to_string());
-        let (stdout, stdout_writer) = process::pipe().map_err(unavailable)?;
-        let (stderr, stderr_writer) = process::pipe().map_err(unavailable)?;
-        let (result, result_writer) = process::pipe().map_err(unavailable)?;
-        let (cwd, _) = command::jail_paths(profile, workdir);
-        let env: serde_json::Map<String, serde_json::Value> = command::script_env(profile, workdir)
-            .into_iter()
-            .map(|(name, value)| (name.to_owned(), value.to_string_lossy().into()))
-            .collect();
-        let uid = if profile.namespaced() {
-            slot.uid - self.slots.uids().start + 1
-        } else {
-            slot.uid
-        };
-        let limits = &job.limits;
-        let unencodable =
-            |error: serde_json::Error| zygote::Unavailable(format!("the job: {error}"));
-        let jail = serde_json::to_vec(&WarmJail {
-            uid,
-            cwd: &cwd,
-            tmp_bytes: limits.tmp_bytes,
-            env,
-            settings: command::settings(limits, slot.cgroup().is_some()),
-        })
-        .map_err(unencodable)?;
-        let harness_job = serde_json::to_vec(&job.to_harness()).map_err(unencodable)?;
-        let started = Instant::now();
-        let mut forked = zygote
-            .fork(
-                share,
-                &jail,
-                &harness_job,
-                [stdout_writer, stderr_writer, result_writer],
-            )
-            .await?;
-        if let Some(cgroup) = slot.cgroup() {
-            cgroup.join(forked.pid()).map_err(unavailable)?;
-        }
-        forked.go().map_err(unavailable)?;
-        let pipes = process::Pipes {
-            stdout,
-            stderr,
-            result,
-            log: None,
-        };
-        process::supervise(
-            &mut forked,
-            pipes,
-            started,
-            limits.time_limit(),
-            Self::caps(limits),
-            &self.cancel,
-        )
-        .await
-        .map_err(unavailable)
-    }
-
-    /// The zygote for executions in `profile`, and how many executions it may serve, if the
-    /// warm path is on and a zygote runs that has not served its share.
-    fn zygote(&self, profile: Profile) -> Option<(Arc<Zygote>, zygote::Share)> {
-        let warm = self.warm_path().filter(|warm| warm.profile() == profile)?;
-        warm.zygote().map(|zygote| (zygote, warm.share()))
-    }
-
-    /// The warm path, once started.
-    fn warm_path(&self) -> Option<Arc<Warm>> {
-        self.warm
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// The benchmark's baseline: a cold jail with exactly an execution's flags, slot, directory
-    /// and cgroup, running the sandbox's Python with `python_args` instead of the harness. How
-    /// long the jail took, from spawn to exit; an error if it did not exit 0.
-    pub async fn baseline(&self, python_args: &[&str]) -> Result<Duration, SandboxError> {
-        let mut slot = self.admit()?.acquire().await?;
-        let profile = self.profile();
-        let nothing = validate(CANARY.to_owned(), CANARY.len())
-            .map_err(|error| SandboxError::Unavailable(error.to_string()))?;
-        let prepared = self
-            .prepare(
-                profile,
-                slot.uid,
-                &Job::script_only(nothing, self.limits.clone()),
-            )
-            .await?;
-        let workdir = prepared.workdir;
-        slot.hold(workdir.clone(), prepared.cgroup);
-        let cmd = command::build(&command::Run {
-            config: &self.config,
-            limits: &self.limits,
-            profile,
-            workdir: &workdir,
-            uid: slot.uid,
-            cgroup_dirs: slot.cgroup().map(cgroup::Cgroup::dirs).unwrap_or_default(),
-            python_args: Some(python_args),
-            seccomp: &self.seccomp,
-            masks: &self.masks,
-        });
-        let caps = Caps {
-            stdout: LOG_CAP,
-            stderr: LOG_CAP,
-            result: LOG_CAP,
-            log: LOG_CAP,
-        };
-        let finished = process::run(
-            cmd,
-            command::FDS,
-            self.limits.time_limit(),
-            caps,
-            &self.cancel,
-        )
-        .await
-        .map_err(|source| self.spawn_error(source))?;
-        match finished.ended {
-            process::Ended::Exited(status) if status.success() => Ok(finished.elapsed),
-            _ => Err(SandboxError::Unavailable(format!(
-                "the baseline jail failed: {}",
-                String::from_utf8_lossy(&finished.stderr.bytes)
-            ))),
-        }
-    }
-
     /// Runs one of the service's own scripts (the canary, the package list) as an execution
     /// like any other, under the configured limits.
     async fn run_own(&self, source: &str) -> Result<Execution, SandboxError> {
@@ -528,84 +419,10 @@ impl Sandbox {
             .await
     }
 
-    fn spawn_error(&self, source: io::Error) -> SandboxError {
-        match source.kind() {
-            io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied => {
-                SandboxError::Unavailable(format!(
-                    "cannot run nsjail at {}: {source}",
-                    self.config.nsjail.display()
-                ))
-            }
-            _ => SandboxError::Internal {
-                context: "running the sandbox process failed",
-                source,
-            },
-        }
+    /// Where the instance keeps the Python it runs (`harness/`), once started.
+    fn harness_dir(&self) -> Option<PathBuf> {
+        self.work_dir().map(|dir| dir.join(startup::HARNESS_DIR))
     }
-
-    /// The execution's private directory and, where cgroups are writable, its cgroup: made on
-    /// the blocking pool, since both are file-system work.
-    async fn prepare(
-        &self,
-        profile: Profile,
-        uid: u32,
-        job: &Job,
-    ) -> Result<Prepared, SandboxError> {
-        let parent = self.block.as_ref().map_or_else(
-            || self.config.work_root.clone(),
-            |block| block.work_dir().to_owned(),
-        );
-        let number = self.executions.fetch_add(1, Ordering::Relaxed);
-        let dir = parent.join(format!("run-{uid}-{number}"));
-        let namespaced = profile.namespaced();
-        let cgroups = self.cgroups.clone();
-        let limits = job.limits.clone();
-        blocking(move || {
-            let started = Instant::now();
-            if let Err(error) = workdir(&dir, namespaced, uid) {
-                cleanup::remove_or_quarantine(&dir);
-                return Err(error);
-            }
-            let workdir_took = started.elapsed();
-            let cgroup = cgroups
-                .map(|cgroups| cgroups.create(&format!("run-{uid}"), &limits))
-                .transpose()
-                .map_err(|source| {
-                    cleanup::remove_or_quarantine(&dir);
-                    SandboxError::Internal {
-                        context: "creating the execution's cgroup failed",
-                        source,
-                    }
-                })?;
-            Ok(Prepared {
-                workdir: dir,
-                cgroup,
-                workdir_took,
-                cgroup_took: started.elapsed().saturating_sub(workdir_took),
-            })
-        })
-        .await?
-    }
-}
-
-/// What the zygote's child reads from its first memfd (`zygote.py`), before anything else:
-/// how to make itself the execution's jail. The job comes in a second memfd, read only once
-/// the harness has said `started`.
-#[derive(serde::Serialize)]
-struct WarmJail<'a> {
-    uid: u32,
-    cwd: &'a Path,
-    tmp_bytes: u64,
-    env: serde_json::Map<String, serde_json::Value>,
-    settings: serde_json::Value,
-}
-
-/// An execution's directory and cgroup, and how long each took to make.
-struct Prepared {
-    workdir: PathBuf,
-    cgroup: Option<cgroup::Cgroup>,
-    workdir_took: Duration,
-    cgroup_took: Duration,
 }
 
 /// The seccomp filters for `subject`, hex-encoded for the harness.
@@ -638,59 +455,4 @@ async fn blocking<T: Send + 'static>(
             context: "a blocking task of the sandbox failed",
             source: io::Error::other(error),
         })
-}
-
-/// Makes `dir`, the execution's private directory, readable only by root and the slot's gid
-/// (a cold run's harness and job go there), and (no mount namespace) a `tmp/` only the slot's
-/// uid can use.
-fn workdir(dir: &Path, namespaced: bool, uid: u32) -> Result<(), SandboxError> {
-    let internal = |context| move |source| io_error(dir, context, source);
-    std::fs::create_dir(dir).map_err(internal("creating the execution directory failed"))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(internal("setting the execution directory's mode failed"))?;
-    if !namespaced {
-        let tmp = dir.join(command::TMP_DIR);
-        std::fs::create_dir(&tmp).map_err(internal("creating the execution's tmp failed"))?;
-        chown(&tmp, Some(uid), Some(uid)).map_err(internal(
-            "handing the execution's tmp to the slot's uid failed",
-        ))?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o700))
-            .map_err(internal("setting the execution's tmp mode failed"))?;
-    }
-    chown(dir, None, Some(uid))
-        .map_err(internal("handing the directory to the slot's gid failed"))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))
-        .map_err(internal("setting the execution directory's mode failed"))?;
-    Ok(())
-}
-
-/// Writes the harness and the job into a cold execution's directory, readable by root and the
-/// slot's gid only. The warm path needs neither (its job goes in a memfd), so only a cold run
-/// pays for writing the job (and its files) to disk.
-fn install_cold(dir: &Path, uid: u32, job: &[u8]) -> Result<(), SandboxError> {
-    let internal = |context| move |source| io_error(dir, context, source);
-    harness::install(dir, job).map_err(internal("writing the job failed"))?;
-    for file in [harness::HARNESS_FILE, harness::JOB_FILE] {
-        let path = dir.join(file);
-        chown(&path, None, Some(uid))
-            .map_err(internal("handing the job to the slot's gid failed"))?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640))
-            .map_err(internal("setting the job's mode failed"))?;
-    }
-    Ok(())
-}
-
-/// A file-system error about an execution's directory `dir`, as the sandbox's: a full disk
-/// is the host's condition, not a fault of ours (503, and it may pass); anything else is
-/// internal.
-fn io_error(dir: &Path, context: &'static str, source: io::Error) -> SandboxError {
-    match source.kind() {
-        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
-            SandboxError::Unavailable(format!(
-                "no space left for an execution's files in {}",
-                dir.parent().unwrap_or(dir).display()
-            ))
-        }
-        _ => SandboxError::Internal { context, source },
-    }
 }

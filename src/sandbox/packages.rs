@@ -7,10 +7,10 @@
 //!
 //! Owns the script and the reading of its answer; not when it runs (`Sandbox::start`).
 
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use serde::Deserialize;
 
 use super::{Outcome, Sandbox};
+use crate::protocol::Package;
 
 /// Asks `importlib.metadata`, which is what `pip list` reads: every distribution on the jail's
 /// `sys.path`, in path order (so the first of two copies is the one a script imports).
@@ -26,16 +26,6 @@ def main():
             packages.append({"name": name, "version": dist.version})
     return {"python": "%d.%d.%d" % sys.version_info[:3], "packages": packages}
 "#;
-
-/// One installed distribution, as `pip list` names it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct Package {
-    /// The distribution's name as its metadata spells it, e.g. `python-dateutil`.
-    #[schema(example = "numpy")]
-    pub name: String,
-    #[schema(example = "2.4.6")]
-    pub version: String,
-}
 
 /// The sandbox Python's version and packages; empty until read (an unstarted or broken
 /// sandbox has none to tell).

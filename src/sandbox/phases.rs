@@ -41,11 +41,11 @@ impl Phases {
     }
 
     /// One debug line, in microseconds; `path` says which runner ran the execution.
-    pub fn log(&self, path: &'static str) {
+    pub fn log(&self, path: super::RunPath) {
         let us = |duration: Duration| u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
         tracing::debug!(
             target: "pyexec::phases",
-            path,
+            path = path.as_str(),
             queue_us = us(self.queue),
             workdir_us = us(self.workdir),
             cgroup_us = us(self.cgroup),

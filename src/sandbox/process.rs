@@ -101,32 +101,49 @@ pub fn pipe() -> io::Result<(pipe::Receiver, OwnedFd)> {
     ))
 }
 
-/// Spawns `cmd` (stdin from /dev/null, every output piped) and supervises it. `cmd` must make
-/// itself a session leader (start under `setsid`), so its process group is its own and its id
-/// is the child's pid.
+/// Spawns `cmd` (stdin from /dev/null, every output piped, `inherit` as the descriptors it
+/// names) and supervises it (the tests' way: the service spawns and supervises apart). `cmd` must make itself a session leader (start under `setsid`),
+/// so its process group is its own and its id is the child's pid.
+#[cfg(test)]
 pub async fn run(
-    mut cmd: Command,
+    cmd: Command,
     fds: ExtraFds,
-    deadline: Duration,
-    caps: Caps,
+    inherit: Vec<(OwnedFd, i32)>,
+    limits: (Duration, Caps),
     cancel: &CancellationToken,
 ) -> io::Result<Finished> {
+    let (mut spawned, pipes, started) = spawn(cmd, fds, inherit)?;
+    supervise(&mut spawned, pipes, started, limits.0, limits.1, cancel).await
+}
+
+/// Spawns `cmd` with its pipes and extra descriptors, without supervising it yet: the process,
+/// its pipes and when it was spawned ([`supervise`] watches it).
+pub fn spawn(
+    mut cmd: Command,
+    fds: ExtraFds,
+    inherit: Vec<(OwnedFd, i32)>,
+) -> io::Result<(Spawned, Pipes, Instant)> {
     let (result, result_writer) = pipe()?;
     let (log, log_writer) = pipe()?;
+    let mut mappings = vec![
+        FdMapping {
+            parent_fd: result_writer,
+            child_fd: fds.result,
+        },
+        FdMapping {
+            parent_fd: log_writer,
+            child_fd: fds.log,
+        },
+    ];
+    mappings.extend(inherit.into_iter().map(|(parent_fd, child_fd)| FdMapping {
+        parent_fd,
+        child_fd,
+    }));
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
-        .fd_mappings(vec![
-            FdMapping {
-                parent_fd: result_writer,
-                child_fd: fds.result,
-            },
-            FdMapping {
-                parent_fd: log_writer,
-                child_fd: fds.log,
-            },
-        ])
+        .fd_mappings(mappings)
         .map_err(io::Error::other)?;
 
     let started = Instant::now();
@@ -147,8 +164,7 @@ pub async fn run(
         .id()
         .and_then(|id| i32::try_from(id).ok())
         .and_then(Pid::from_raw);
-    let mut spawned = Spawned { child, group };
-    supervise(&mut spawned, pipes, started, deadline, caps, cancel).await
+    Ok((Spawned { child, group }, pipes, started))
 }
 
 /// Reads every pipe of `jailed` concurrently with `caps` while waiting for it, and kills it at
@@ -221,7 +237,8 @@ pub async fn supervise(
 }
 
 /// The cold path's jailed process: nsjail, spawned by the service.
-struct Spawned {
+#[derive(Debug)]
+pub struct Spawned {
     child: tokio::process::Child,
     group: Option<Pid>,
 }
@@ -288,9 +305,15 @@ mod tests {
     }
 
     async fn run_sh(script: &str, deadline: Duration) -> Finished {
-        run(sh(script), FDS, deadline, CAPS, &CancellationToken::new())
-            .await
-            .unwrap()
+        run(
+            sh(script),
+            FDS,
+            Vec::new(),
+            (deadline, CAPS),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap()
     }
 
     fn code(finished: &Finished) -> Option<i32> {
@@ -354,8 +377,8 @@ mod tests {
         let finished = run(
             sh("echo started; sleep 30"),
             FDS,
-            Duration::from_secs(20),
-            CAPS,
+            Vec::new(),
+            (Duration::from_secs(20), CAPS),
             &cancel,
         )
         .await
@@ -392,8 +415,8 @@ mod tests {
         let error = run(
             Command::new("/nonexistent/nsjail"),
             FDS,
-            Duration::from_secs(1),
-            CAPS,
+            Vec::new(),
+            (Duration::from_secs(1), CAPS),
             &cancel,
         )
         .await

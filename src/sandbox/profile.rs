@@ -5,34 +5,8 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use serde::Serialize;
-use utoipa::ToSchema;
-
 use crate::config::Profile;
-
-/// What bounds an execution's memory and process count.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum LimitsBackend {
-    /// A cgroup v1 memory and pids group per execution.
-    CgroupV1,
-    /// A cgroup v2 group per execution.
-    CgroupV2,
-    /// No writable cgroups: address-space and process-count rlimits only.
-    Rlimits,
-}
-
-/// How strongly scripts are isolated, for `GET /health` and `GET /`.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct Isolation {
-    #[schema(value_type = String)]
-    pub profile: &'static str,
-    pub limits: LimitsBackend,
-    #[schema(value_type = Vec<String>)]
-    pub guarantees: Vec<&'static str>,
-    #[schema(value_type = Vec<String>)]
-    pub not_isolated: Vec<&'static str>,
-}
+use crate::protocol::{Isolation, LimitsBackend};
 
 /// The profile executions start in now: chosen at start-up, and again by a health check
 /// while nothing works. An execution reads it once and keeps it to its end.

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::cgroup::Cgroup;
 use super::cleanup;
+use super::launch::RunPath;
 use super::phases::Phases;
 
 /// The pool of slots.
@@ -75,7 +76,7 @@ pub struct Slot {
     ticket: Option<Ticket>,
     held: Held,
     /// Logged, with the teardown's own time, once the sweep is done.
-    phases: Option<(Phases, &'static str)>,
+    phases: Option<(Phases, RunPath)>,
 }
 
 /// What an execution holds besides its uid; the slot's sweep removes it, off the async workers.
@@ -217,11 +218,8 @@ impl Drop for Ticket {
 
 impl Slot {
     /// Ties the execution's directory and cgroup to the slot, so the same sweep removes them.
-    pub fn hold(&mut self, workdir: PathBuf, cgroup: Option<Cgroup>) {
-        self.held = Held {
-            workdir: Some(workdir),
-            cgroup,
-        };
+    pub fn hold(&mut self, workdir: Option<PathBuf>, cgroup: Option<Cgroup>) {
+        self.held = Held { workdir, cgroup };
     }
 
     pub fn cgroup(&self) -> Option<&Cgroup> {
@@ -239,7 +237,7 @@ impl Slot {
     /// Sweeps and frees the slot now, and logs the execution's `phases` with the sweep's own
     /// time: where a later execution could see what this one left on the host (no mount
     /// namespace), before the answer.
-    pub async fn release_now(mut self, phases: Phases, path: &'static str) {
+    pub async fn release_now(mut self, phases: Phases, path: RunPath) {
         self.phases = Some((phases, path));
         self.release().await;
     }
@@ -248,7 +246,7 @@ impl Slot {
     /// the sweep's own time. The request's admission place is free at once; the slot (and so
     /// the concurrency it counts against) only once the sweep is done, so a request that
     /// arrives meanwhile waits for it rather than being refused.
-    pub fn release_later(mut self, phases: Phases, path: &'static str) {
+    pub fn release_later(mut self, phases: Phases, path: RunPath) {
         self.ticket = None;
         self.phases = Some((phases, path));
     }
@@ -378,7 +376,7 @@ mod tests {
         std::fs::create_dir_all(workdir.join("deep/er")).unwrap();
         let slots = pool(990_940, 1, 0, Duration::from_secs(5));
         let mut running = slot(&slots).await.unwrap();
-        running.hold(workdir.clone(), None);
+        running.hold(Some(workdir.clone()), None);
         running.release().await;
         assert!(!workdir.exists());
     }

@@ -15,10 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::block::Block;
 use super::cgroup::Cgroups;
-use super::zygote::{Share, Warm};
-use super::{
-    Execution, Outcome, Sandbox, SandboxError, blocking, hex_filters, masks, packages, seccomp,
-};
+use super::{Execution, Outcome, RunPath, Sandbox, SandboxError, blocking, masks, packages};
 use crate::config::{Limits, Profile, ProfileChoice, SandboxConfig};
 use crate::harness;
 
@@ -28,10 +25,11 @@ const HEALTH_RETRY: Duration = Duration::from_secs(10);
 pub(super) const CANARY: &str = "def main():\n    return 'ok'\n";
 /// Where an instance keeps the profiles its jails read, in its work directory ...
 const PROFILES_DIR: &str = "profiles";
-/// ... and what covers the host-wide `/proc` counters in them (`masks.rs`).
-const MASKS_DIR: &str = "proc-masks";
-/// Where a namespaced zygote sees the covers.
-const ZYGOTE_MASKS: &str = "/masks";
+/// ... the service's Python, which every jail runs read-only ...
+pub(super) const HARNESS_DIR: &str = "harness";
+/// ... and in it what covers the host-wide `/proc` counters (`masks.rs`), so a warm child and
+/// a cold jail see the same directory.
+pub(super) const MASKS_DIR: &str = "harness/proc-masks";
 
 /// The last canary's result.
 #[derive(Debug, Clone)]
@@ -93,6 +91,9 @@ impl Sandbox {
         let (block, quarantined, masks) = blocking(move || {
             let block = Block::claim(uid_base, &work_root)?;
             let quarantined = block.sweep_leftovers();
+            let harness = block.work_dir().join(HARNESS_DIR);
+            harness::install(&harness)
+                .map_err(|error| format!("cannot write {}: {error}", harness.display()))?;
             let dir = block.work_dir().join(MASKS_DIR);
             let masks = masks::install(&dir, memory_bytes)
                 .map_err(|error| format!("cannot write {}: {error}", dir.display()))?;
@@ -224,68 +225,22 @@ impl Sandbox {
         );
     }
 
-    /// Starts the warm path and proves it with the canary; it stays off if either fails (and
-    /// the caller says why).
-    async fn start_warm(&self) -> Result<(), String> {
-        let Some(block) = &self.block else {
-            return Err("the sandbox has not been started".to_owned());
-        };
-        let profile = self.profile();
-        let dir = block.work_dir().join("zygote");
-        let install = dir.clone();
-        blocking(move || harness::install_zygote(&install))
-            .await
-            .map_err(|error| error.to_string())?
-            .map_err(|error| format!("cannot write the zygote: {error}"))?;
-        let masks = if profile.namespaced() {
-            self.masks
-                .iter()
-                .filter_map(|mask| {
-                    let name = mask.source.file_name()?;
-                    let source = Path::new(ZYGOTE_MASKS).join(name);
-                    Some((source, mask.target.clone()))
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let init = serde_json::to_vec(&ZygoteInit {
-            namespaces: profile.namespaced(),
-            preload: &self.config.preload,
-            seccomp: ZygoteFilters {
-                zygote: hex_filters(seccomp::Subject::Zygote),
-                script: &self.seccomp,
-            },
-            masks,
-        })
-        .map_err(|error| format!("the zygote's init: {error}"))?;
-        let share = Share {
-            executions: self.config.zygote_max_executions,
-            age: Duration::from_secs(self.config.zygote_max_age_secs),
-        };
-        let warm = Arc::new(Warm::new(
-            self.config.clone(),
-            profile,
-            (dir, block.work_dir().join(MASKS_DIR)),
-            (block.uids().end - 1, self.slots.uids()),
-            init,
-            share,
-        ));
-        warm.start().await?;
-        *self.warm.lock().unwrap_or_else(PoisonError::into_inner) = Some(warm);
-        match self.check().await {
-            Ok(()) => Ok(()),
-            Err(reason) => {
-                *self.warm.lock().unwrap_or_else(PoisonError::into_inner) = None;
-                self.record(Ok(()));
-                Err(format!("the canary failed on the warm path: {reason}"))
-            }
-        }
-    }
-
     /// Runs the canary script and records the result for [`Sandbox::health`].
     pub async fn check(&self) -> Result<(), String> {
+        self.canary(None).await
+    }
+
+    /// The canary, which must also have run on `path` when one is given (the warm path's own
+    /// canary: an execution that fell back to cold would hide a broken warm path).
+    pub(super) async fn canary(&self, path: Option<RunPath>) -> Result<(), String> {
         let status = match self.run_own(CANARY).await {
+            Ok(Execution {
+                path: ran,
+                cold_because: Some(reason),
+                ..
+            }) if path.is_some_and(|path| path != ran) => {
+                Err(format!("it ran {} instead: {reason}", ran.as_str()))
+            }
             Ok(Execution {
                 outcome: Outcome::Returned(returned),
                 ..
@@ -386,23 +341,6 @@ impl Sandbox {
         }
         Ok(())
     }
-}
-
-/// What a zygote is told when it starts (`zygote.py`'s docstring).
-#[derive(Debug, serde::Serialize)]
-struct ZygoteInit<'a> {
-    namespaces: bool,
-    preload: &'a [String],
-    seccomp: ZygoteFilters<'a>,
-    /// `[cover, /proc entry]` pairs, as the zygote sees them.
-    masks: Vec<(std::path::PathBuf, std::path::PathBuf)>,
-}
-
-/// The zygote's own seccomp filters, and every script's.
-#[derive(Debug, serde::Serialize)]
-struct ZygoteFilters<'a> {
-    zygote: Vec<String>,
-    script: &'a [String],
 }
 
 /// Every failure, as one line: `strict: why; cloudrun: why`.

@@ -11,12 +11,7 @@
 //! the zygote reports its wait status when it ends. The child jails itself before any user code
 //! runs (see `src/harness/zygote.py`); the service supervises it like a cold jail
 //! (`process::supervise`) and classifies it with the same code.
-//!
-//! What a fork cannot renew (the hash secret, the address layout, `AT_RANDOM`) every child of
-//! one zygote shares, so a zygote serves a bounded number of executions for a bounded time
-//! (`sandbox.zygote_max_executions`, `sandbox.zygote_max_age_secs`): near either bound a fresh
-//! one is started in the background and takes over once ready; past it, executions run cold
-//! until then. A zygote that died is started again at once, then with backoff while it fails.
+//! Which zygote is used, and when it is replaced, is `supervisor.rs`'s.
 //!
 //! Why a zygote and not a pool of pre-started jails: a pool only hides latency (each jail still
 //! pays nsjail, the interpreter and the imports in CPU, and B0 alone is about 15 ms of CPU),
@@ -26,13 +21,11 @@
 
 use std::io::{self, IoSlice, IoSliceMut, Write};
 use std::mem::MaybeUninit;
-use std::ops::Range;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use command_fds::{CommandFdExt, FdMapping};
@@ -41,14 +34,14 @@ use rustix::net::{
     SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
 };
 use rustix::process::{Pid, Signal, kill_process, kill_process_group};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::command::{self, ZygoteJail};
+use super::documents::{Empty, ForkRequest, Ready, Status};
 use super::process::Jailed;
-use crate::config::{Profile, SandboxConfig};
+use super::supervisor::Share;
 
 /// How long the zygote may take to import what it preloads.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -56,207 +49,6 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 const FORK_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest control message.
 const MESSAGE_BYTES: usize = 64 * 1024;
-/// The pause after the first failed start of a zygote, doubled after each further one ...
-const BACKOFF_FIRST: Duration = Duration::from_secs(1);
-/// ... up to this.
-const BACKOFF_MAX: Duration = Duration::from_secs(60);
-/// A fork request: its descriptors say the rest.
-const FORK_REQUEST: &[u8] = b"{\"fork\": {}}";
-
-/// How many executions one zygote may serve, and for how long.
-#[derive(Debug, Clone, Copy)]
-pub struct Share {
-    pub executions: u64,
-    pub age: Duration,
-}
-
-impl Share {
-    /// Whether a zygote that forked `forks` children and was born `age` ago is near its end
-    /// (nine tenths of either bound): time to warm its successor.
-    fn nearly_used(self, forks: u64, age: Duration) -> bool {
-        forks.saturating_mul(10) >= self.executions.saturating_mul(9) || age * 10 >= self.age * 9
-    }
-}
-
-/// What the zygote says on a child's status socket.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-enum Status {
-    /// The child's pid, as the zygote sees it.
-    Spawned(i64),
-    /// It could not fork.
-    Error(String),
-    /// The child's wait status.
-    Exit(i32),
-}
-
-/// The zygote's first message.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Ready {
-    #[serde(rename = "ready")]
-    _pid: i64,
-}
-
-/// The warm path of one instance: how to start its zygote, the one in use, and its successors.
-#[derive(Debug)]
-pub struct Warm {
-    config: SandboxConfig,
-    profile: Profile,
-    dir: PathBuf,
-    masks_dir: PathBuf,
-    uid: u32,
-    slot_uids: Range<u32>,
-    /// The init message (`zygote.py`'s docstring), serialized.
-    init: Vec<u8>,
-    share: Share,
-    zygote: Mutex<Option<Arc<Zygote>>>,
-    /// A successor is being started.
-    renewing: AtomicBool,
-    /// Starts that failed in a row, and when the next may be tried.
-    failures: AtomicU32,
-    retry_at: Mutex<Option<Instant>>,
-}
-
-impl Warm {
-    /// The warm path for a jail of `profile` with its files in `dirs` (the zygote's, and the
-    /// covers of `/proc` entries), run as `ids.0`, its children as `ids.1`; `init` is what each
-    /// zygote is told at start.
-    pub fn new(
-        config: SandboxConfig,
-        profile: Profile,
-        dirs: (PathBuf, PathBuf),
-        ids: (u32, Range<u32>),
-        init: Vec<u8>,
-        share: Share,
-    ) -> Self {
-        Self {
-            config,
-            profile,
-            dir: dirs.0,
-            masks_dir: dirs.1,
-            uid: ids.0,
-            slot_uids: ids.1,
-            init,
-            share,
-            zygote: Mutex::new(None),
-            renewing: AtomicBool::new(false),
-            failures: AtomicU32::new(0),
-            retry_at: Mutex::new(None),
-        }
-    }
-
-    /// The profile its zygote's children run in.
-    pub fn profile(&self) -> Profile {
-        self.profile
-    }
-
-    /// The zygote to fork from now, if one runs and has not served its share; asks for a
-    /// successor when it is near its end, or gone.
-    pub fn zygote(self: &Arc<Self>) -> Option<Arc<Zygote>> {
-        let current = self
-            .zygote
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let Some(zygote) = current.filter(|zygote| zygote.is_alive()) else {
-            self.renew();
-            return None;
-        };
-        let (forks, age) = (zygote.forks.load(Ordering::SeqCst), zygote.born.elapsed());
-        if self.share.nearly_used(forks, age) {
-            self.renew();
-        }
-        (forks < self.share.executions && age < self.share.age).then_some(zygote)
-    }
-
-    /// How many executions a zygote may serve.
-    pub fn share(&self) -> Share {
-        self.share
-    }
-
-    /// Starts a zygote and makes it the one in use.
-    pub async fn start(self: &Arc<Self>) -> Result<(), String> {
-        let jail = ZygoteJail {
-            config: &self.config,
-            profile: self.profile,
-            dir: &self.dir,
-            masks_dir: &self.masks_dir,
-            uid: self.uid,
-            slot_uids: self.slot_uids.clone(),
-        };
-        let zygote = Arc::new(Zygote::start(&jail, &self.init).await?);
-        *self.zygote.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&zygote));
-        // Idle or not, it is replaced in time: the next one is warm before this one ages out.
-        // Weak: the timer must keep neither the warm path nor a replaced zygote alive.
-        let (warm, zygote, age) = (
-            Arc::downgrade(self),
-            Arc::downgrade(&zygote),
-            self.share.age,
-        );
-        tokio::spawn(async move {
-            tokio::time::sleep(age.mul_f64(0.9)).await;
-            if let Some(warm) = Weak::upgrade(&warm) {
-                let current = warm
-                    .zygote
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .clone();
-                if current
-                    .is_some_and(|current| std::ptr::eq(Arc::as_ptr(&current), zygote.as_ptr()))
-                {
-                    warm.renew();
-                }
-            }
-        });
-        Ok(())
-    }
-
-    /// Starts a successor in the background, one at a time, and makes it the one in use once
-    /// it is ready; the one it replaces lives on until its last child ends. After failed
-    /// starts, waits (1 s, doubling up to 60 s) before the next.
-    pub fn renew(self: &Arc<Self>) {
-        if self
-            .retry_at
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some_and(|at| Instant::now() < at)
-        {
-            return;
-        }
-        if self.renewing.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        let warm = Arc::clone(self);
-        tokio::spawn(async move {
-            let started = Instant::now();
-            match warm.start().await {
-                Ok(()) => {
-                    warm.failures.store(0, Ordering::SeqCst);
-                    *warm.retry_at.lock().unwrap_or_else(PoisonError::into_inner) = None;
-                    tracing::info!(
-                        took_ms = crate::telemetry::millis(started.elapsed()),
-                        "a fresh zygote took over"
-                    );
-                }
-                Err(reason) => {
-                    let failures = warm.failures.fetch_add(1, Ordering::SeqCst);
-                    let pause = BACKOFF_FIRST
-                        .saturating_mul(1 << failures.min(6))
-                        .min(BACKOFF_MAX);
-                    *warm.retry_at.lock().unwrap_or_else(PoisonError::into_inner) =
-                        Some(Instant::now() + pause);
-                    tracing::error!(
-                        reason,
-                        retry_in_ms = crate::telemetry::millis(pause),
-                        "a zygote did not start; scripts run cold meanwhile"
-                    );
-                }
-            }
-            warm.renewing.store(false, Ordering::SeqCst);
-        });
-    }
-}
 
 /// A running zygote.
 #[derive(Debug)]
@@ -265,8 +57,8 @@ pub struct Zygote {
     alive: Arc<AtomicBool>,
     namespaced: bool,
     /// Children asked for, so far.
-    forks: AtomicU64,
-    born: Instant,
+    pub(super) forks: AtomicU64,
+    pub(super) born: Instant,
     /// Its process (or its jail), killed when the last holder lets go: the warm path, or an
     /// execution still running in one of its children.
     _process: tokio::process::Child,
@@ -324,9 +116,10 @@ impl Zygote {
             .await
             .map_err(|_| "the zygote did not get ready in time".to_owned())?
             .map_err(|error| format!("the zygote's control socket: {error}"))?;
-        if ready.is_none() {
+        let Some((Ready { ready: pid }, _)) = ready else {
             return Err("the zygote failed to start (see its lines in the log)".to_owned());
-        }
+        };
+        tracing::debug!(pid, "a zygote is ready");
         let alive = Arc::new(AtomicBool::new(true));
         let (watched, flag) = (Arc::clone(&control), Arc::clone(&alive));
         tokio::spawn(async move {
@@ -391,7 +184,9 @@ impl Zygote {
             go_read.as_fd(),
             theirs.as_fd(),
         ];
-        let sent = send(&self.control, FORK_REQUEST, &fds).await;
+        let request = serde_json::to_vec(&ForkRequest { fork: Empty {} })
+            .map_err(|error| Unavailable(error.to_string()))?;
+        let sent = send(&self.control, &request, &fds).await;
         // Ours are no longer needed: the child's copies are what it writes to and reads.
         drop((jail, job, outputs, go_read, theirs));
         if let Err(error) = sent {
@@ -506,7 +301,7 @@ fn register(socket: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
 }
 
 /// `bytes` in a memfd called `name`, read from its start by the child.
-fn memfd(name: &str, bytes: &[u8]) -> io::Result<OwnedFd> {
+pub(super) fn memfd(name: &str, bytes: &[u8]) -> io::Result<OwnedFd> {
     let fd = rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::CLOEXEC)?;
     let mut file = std::fs::File::from(fd);
     file.write_all(bytes)?;

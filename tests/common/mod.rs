@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use pyexec::config::Profile;
-use pyexec::sandbox::Isolation;
+use pyexec::protocol::Isolation;
 use pyexec::{AppState, Config, server};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -54,7 +54,7 @@ pub fn test_config(work_root: &Path) -> Config {
 
 /// What an instance keeps in its work directory for as long as it runs: the warm path's
 /// files and the jail profiles.
-pub const INSTANCE_FILES: [&str; 3] = ["zygote", "profiles", "proc-masks"];
+pub const INSTANCE_FILES: [&str; 3] = ["harness", "profiles", "proc-masks"];
 
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
@@ -143,6 +143,36 @@ impl TestApp {
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
         read(self.client.get(self.url(path)).send().await.unwrap()).await
+    }
+
+    /// How many executions ran each way (`warm`, `cold`) so far, from `/metrics`: a fallback
+    /// from warm to cold answers the same, so only this shows which path really ran.
+    pub async fn paths_run(&self) -> std::collections::BTreeMap<String, u64> {
+        let text = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let mut paths = std::collections::BTreeMap::new();
+        for line in text
+            .lines()
+            .filter(|line| line.starts_with("pyexec_executions_total{"))
+        {
+            let Some(path) = line
+                .split("path=\"")
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+            else {
+                continue;
+            };
+            let count: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+            *paths.entry(path.to_owned()).or_default() += count;
+        }
+        paths
     }
 
     /// Names left in the app's work directory once the sweeps that follow answers are done

@@ -35,6 +35,7 @@
     time_limit_ms: 'Wall time',
     cpu_secs: 'CPU time',
     memory_bytes: 'Memory',
+    min_memory_bytes: 'Least memory a run may ask for',
     processes: 'Processes and threads',
     output_bytes: 'stdout, and stderr, each',
     result_bytes: 'Result, as JSON',
@@ -201,14 +202,14 @@
     return Uint8Array.from(atob(text), (c) => c.charCodeAt(0));
   }
 
-  // Limits for one run: what the service allows (README: time from 1 ms, memory from 64 MiB,
-  // output from 0 bytes), in the unit each field takes.
+  // Limits for one run: what the service allows (time from 1 ms, memory from the floor
+  // `GET /` publishes, output from 0 bytes), in the unit each field takes.
   const MiB = 2 ** 20;
   const LIMIT_FIELDS = [
     { id: 'limit-time', name: 'time_ms', what: 'The wall time', unit: 1, units: 'ms',
       min: 1, max: info.limits.time_limit_ms },
     { id: 'limit-memory', name: 'memory_bytes', what: 'The memory', unit: MiB, units: 'MiB',
-      min: Math.ceil(Math.min(64 * MiB, info.limits.memory_bytes) / MiB),
+      min: Math.ceil(info.limits.min_memory_bytes / MiB),
       max: Math.floor(info.limits.memory_bytes / MiB) },
     { id: 'limit-output', name: 'output_bytes', what: 'The output', unit: 1, units: 'bytes',
       min: 0, max: info.limits.output_bytes },
