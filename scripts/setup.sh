@@ -86,7 +86,7 @@ install_venv "$PYEXEC_HOME/sandbox" "$here/config/sandbox-requirements.txt" \
   "$PYEXEC_HOME/sandbox/bin/python" -c 'import numpy, pandas'
 if ! $runtime_only; then
   # The contract test's fuzzer, the Dockerfile linter and the Kubernetes schema check
-  # (tests/deploy.rs); never in the runtime image.
+  # (tests/it/deploy.rs); never in the runtime image.
   install_venv "$PYEXEC_HOME/tools" "$here/config/tools-requirements.txt" \
     sh -c "'$PYEXEC_HOME/tools/bin/schemathesis' --version && '$PYEXEC_HOME/tools/bin/hadolint' --version \
       && '$PYEXEC_HOME/tools/bin/kubernetes-validate' --version"

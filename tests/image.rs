@@ -95,7 +95,7 @@ impl Mode {
 
 /// The escape cases run against the container: those whose outcome is the same under the
 /// image's default limits as under the suite's small ones, and that do not depend on the test
-/// process being the service. Left to tests/escape.rs: the time and CPU limits (the defaults
+/// process being the service. Left to tests/it/escape.rs: the time and CPU limits (the defaults
 /// would take 30 s and 60 s), the size-dependent cases, and `fork_bomb`, which under the
 /// defaults' 64 processes of 512 MiB together, rlimits only, meets the memory limit or the
 /// process limit first depending on timing.

@@ -1,7 +1,7 @@
 //! The escape suite's cases: one small attack per case, with the outcome each profile must
-//! come to. Shared by tests/escape.rs (the service in-process, in every profile and path) and
+//! come to. Shared by tests/it/escape.rs (the service in-process, in every profile and path) and
 //! tests/image.rs (the container image, with and without namespaces), so both run the same
-//! attacks and SECURITY.md's table (checked by tests/escape.rs) covers both.
+//! attacks and SECURITY.md's table (checked by tests/it/escape.rs) covers both.
 
 use std::fmt;
 

@@ -37,7 +37,7 @@ macro_rules! example {
     };
 }
 
-/// The scripts of `examples/`, by name: the same files `tests/examples.rs` runs and
+/// The scripts of `examples/`, by name: the same files `tests/it/examples.rs` runs and
 /// `examples/README.md` lists, so what the page offers is tested (and a file missing here
 /// fails that test).
 const EXAMPLE_FILES: [(&str, &str); 10] = [

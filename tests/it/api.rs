@@ -4,7 +4,7 @@
 //! real server, nsjail and sandbox Python.
 #![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
 
-mod common;
+use crate::common;
 
 use axum::body::Body;
 use axum::http::Request;

@@ -7,7 +7,7 @@
 //! process, file or cgroup of the execution may remain.
 #![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::os::linux::net::SocketAddrExt;
@@ -266,7 +266,7 @@ fn security_md_states_what_differs_under_gvisor() {
 }
 
 /// Every proof SECURITY.md's guarantee table names exists: an escape case, or a test function
-/// in the file it names (`tests/data.rs` `name`, `src/harness/test_harness.py`
+/// in the file it names (`tests/it/data.rs` `name`, `src/harness/test_harness.py`
 /// `Class.test_name`), so no claim points at a test that is gone.
 #[test]
 fn security_md_names_only_proofs_that_exist() {

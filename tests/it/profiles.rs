@@ -3,7 +3,7 @@
 //! neither works, and `sandbox.require` fails closed.
 #![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

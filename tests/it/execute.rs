@@ -2,7 +2,7 @@
 //! every way a script fails, the time limit, concurrency and clean-up.
 #![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -5,7 +5,7 @@
 //! is what the page and `GET /` document: the packages `GET /` lists are the pinned ones.
 #![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -6,7 +6,7 @@
     reason = "a failed unwrap is a failed test"
 )]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -8,7 +8,7 @@
     reason = "a failed unwrap is a failed test"
 )]
 
-mod common;
+use crate::common;
 
 use base64::Engine;
 use common::{TestApp, error_code, oneshot, post_execute, router_only, spawn_app_with};

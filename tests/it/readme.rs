@@ -2,7 +2,7 @@
 //! the README shows next to it (but for `duration_ms`, which varies).
 #![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
 
-mod common;
+use crate::common;
 
 use common::markdown::{fenced_blocks, without_duration};
 use serde_json::Value;
