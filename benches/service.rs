@@ -8,6 +8,10 @@
 //!   warm path on and off: p50, p99, executions per second, and ratios to B0/B1.
 //! - Where one execution's time goes, phase by phase, from the service's own log.
 //! - The service's RSS idle and under load, and the warm path's own memory.
+//! - F0, the floor: `fork()` + `unshare(mount, IPC, UTS, net)` + `_exit` + `waitpid` from a
+//!   process holding the zygote's modules (`benches/floor.py`), and the targets held against it.
+//! - Where the CPU goes at 8 clients: the service's, the jail's, the client's, the kernel's.
+//! - How cost grows: 32 clients against the default queue, large output, result and files.
 //! - What zygote rotation costs: `return 1` with a fresh zygote every 50 executions beside the
 //!   default (1000), and how long a zygote takes to start.
 //!
@@ -23,6 +27,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod cpu;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -41,6 +46,8 @@ const CLIENTS: [usize; 3] = [1, 2, 8];
 struct Sample {
     latencies: Vec<Duration>,
     wall: Duration,
+    /// Answers other than 200 (only the growth rows allow any: `503 busy` beyond the queue).
+    refused: usize,
 }
 
 impl Sample {
@@ -110,6 +117,9 @@ async fn main() {
     let mut report = Report::new();
 
     println!("baselines ...");
+    let floor = floor();
+    println!("  F0: p50 {:.2} ms, {:.2} ms CPU", floor.wall, floor.cpu);
+    report.floor = Some(floor);
     let baselines = baselines().await;
     for (name, (sequential, parallel)) in &baselines {
         report.baseline(name, sequential, parallel);
@@ -136,10 +146,16 @@ async fn main() {
         let idle_rss = rss_kib(service.pid());
         service.events.lock().unwrap().clear();
         let mut peak_rss = idle_rss;
+        let group = cpu::Group::around(service.pid());
         for workload in workloads() {
             for clients in CLIENTS {
-                let (sample, peak) =
-                    run_sampling_rss(&service, &client, &workload.script, clients, row).await;
+                let body = json!({ "script": workload.script });
+                let meter = cpu::Meter::start(service.pid(), group.as_ref());
+                let (sample, peak) = run_sampling_rss(&service, &client, &body, clients, row).await;
+                assert_eq!(sample.refused, 0, "every answer is 200");
+                if clients == 8 {
+                    report.cpu(workload.name, warm, meter.finish(sample.latencies.len()));
+                }
                 peak_rss = peak_rss.max(peak);
                 let base = &baselines[workload.baseline];
                 report.row(&workload, clients, warm, &sample, base);
@@ -156,8 +172,11 @@ async fn main() {
         }
         report.memory(warm, idle_rss, peak_rss, warm_pool_kib(&service));
         if warm {
+            growth(&mut report, &client, &service, group.as_ref(), row).await;
             rotation(&mut report, &client, &service, row).await;
         }
+        drop(service);
+        drop(group);
     }
     println!("encoding a DataFrame result ...");
     report.encoding(&encode_frame());
@@ -189,6 +208,92 @@ async fn rotation(report: &mut Report, client: &reqwest::Client, default: &Servi
         .filter_map(|event| event["took_ms"].as_f64())
         .collect();
     report.zygote_starts(&starts);
+}
+
+/// F0 (`benches/floor.py`), run as root with the sandbox's Python.
+/// Milliseconds per round.
+struct Floor {
+    wall: f64,
+    /// Charged to the process and its children.
+    cpu: f64,
+    /// The whole machine's busy time, the kernel's deferred work included.
+    busy_cpu: f64,
+}
+
+fn floor() -> Floor {
+    let output = std::process::Command::new(Config::default().sandbox.python)
+        .args(["-W", "ignore"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/benches/floor.py"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let measured: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let field = |name: &str| measured[name].as_f64().unwrap();
+    Floor {
+        wall: field("wall_p50_ms"),
+        cpu: field("cpu_ms"),
+        busy_cpu: field("busy_cpu_ms"),
+    }
+}
+
+/// How cost grows with the work, warm: each row after the first of its pair does `work` times
+/// the first's work per execution (or, for 32 clients, the same work with 4 times the clients
+/// against the default queue of 16, so some are answered `503 busy`).
+async fn growth(
+    report: &mut Report,
+    client: &reqwest::Client,
+    service: &Service,
+    group: Option<&cpu::Group>,
+    row: Duration,
+) {
+    println!("how cost grows ...");
+    let return_1 = json!({ "script": "def main():\n    return 1\n" });
+    let prints = |bytes: usize| json!({ "script": format!("import sys\ndef main():\n    sys.stdout.write('x' * {bytes})\n    return 1\n") });
+    let returns =
+        |bytes: usize| json!({ "script": format!("def main():\n    return 'x' * {bytes}\n") });
+    let files = |count: usize| {
+        json!({
+            "script": format!("def main():\n    for i in range({count}):\n        open(f'out{{i}}.txt', 'w').write('x' * 16384)\n    return {count}\n"),
+            "return_files": true,
+        })
+    };
+    let pairs = [
+        (
+            ("`return 1`", 8, return_1.clone()),
+            ("`return 1`", 32, return_1, 1.0),
+        ),
+        (
+            ("prints 100 KiB", 1, prints(100 << 10)),
+            ("prints 1 MiB", 1, prints(1 << 20), 10.24),
+        ),
+        (
+            ("returns 1 MiB", 1, returns(1 << 20)),
+            ("returns 10 MiB", 1, returns(10 << 20), 10.0),
+        ),
+        (
+            ("8 files of 16 KiB back", 1, files(8)),
+            ("64 files of 16 KiB back", 1, files(64), 8.0),
+        ),
+    ];
+    for ((base_name, base_clients, base_body), (name, clients, body, work)) in pairs {
+        let mut measured = Vec::new();
+        for (name, clients, body) in [
+            (base_name, base_clients, &base_body),
+            (name, clients, &body),
+        ] {
+            let meter = cpu::Meter::start(service.pid(), group);
+            let (sample, peak) = run_sampling_rss(service, client, body, clients, row).await;
+            let cpu = meter.finish(sample.latencies.len());
+            println!(
+                "  {name} x{clients}: p50 {:.1} ms, {:.1}/s, {} busy",
+                ms(sample.percentile(500)),
+                sample.rate(),
+                sample.refused
+            );
+            measured.push((name, clients, sample, peak, cpu));
+        }
+        report.growth_pair(&measured, work);
+    }
 }
 
 /// Runs `benches/encode_frame.py` with the sandbox's Python (the encoder alone: no jail, no
@@ -231,6 +336,7 @@ async fn baselines() -> BTreeMap<&'static str, (Sample, Sample)> {
         let one = Sample {
             latencies: one,
             wall: begun.elapsed(),
+            refused: 0,
         };
         let begun = Instant::now();
         let workers = (0..8).map(|_| async {
@@ -251,6 +357,7 @@ async fn baselines() -> BTreeMap<&'static str, (Sample, Sample)> {
                 .flatten()
                 .collect(),
             wall: begun.elapsed(),
+            refused: 0,
         };
         println!(
             "  {name}: p50 {:.1} ms alone, {:.1}/s eight at once",
@@ -270,12 +377,33 @@ async fn run_for(
     clients: usize,
     length: Duration,
 ) -> Sample {
-    let body = json!({ "script": script }).to_string();
+    let sample = send_for(
+        service,
+        client,
+        &json!({ "script": script }),
+        clients,
+        length,
+    )
+    .await;
+    assert_eq!(sample.refused, 0, "every answer is 200");
+    sample
+}
+
+/// `clients` clients sending `body` back to back for `length`: the latencies of the 200s, and
+/// how many were answered `503 busy` (anything else fails the run).
+async fn send_for(
+    service: &Service,
+    client: &reqwest::Client,
+    body: &Value,
+    clients: usize,
+    length: Duration,
+) -> Sample {
+    let body = body.to_string();
     let begun = Instant::now();
     let loops = (0..clients).map(|_| {
         let (client, body) = (client.clone(), body.clone());
         async move {
-            let mut times = Vec::new();
+            let (mut times, mut refused) = (Vec::new(), 0);
             while begun.elapsed() < length {
                 let sent = Instant::now();
                 let response = client
@@ -287,28 +415,35 @@ async fn run_for(
                     .unwrap();
                 let status = response.status();
                 let text = response.text().await.unwrap();
+                if status == 503 && text.contains("\"busy\"") {
+                    refused += 1;
+                    // A refused client waits as a client told to retry would, a little.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
                 assert_eq!(status, 200, "{text}");
                 times.push(sent.elapsed());
             }
-            times
+            (times, refused)
         }
     });
-    let latencies = futures::future::join_all(loops)
-        .await
-        .into_iter()
-        .flatten()
-        .collect();
+    let (mut latencies, mut refused) = (Vec::new(), 0);
+    for (times, busy) in futures::future::join_all(loops).await {
+        latencies.extend(times);
+        refused += busy;
+    }
     Sample {
         latencies,
         wall: begun.elapsed(),
+        refused,
     }
 }
 
-/// [`run_for`], sampling the service's RSS meanwhile; the sample and the peak RSS in KiB.
+/// [`send_for`], sampling the service's RSS meanwhile; the sample and the peak RSS in KiB.
 async fn run_sampling_rss(
     service: &Service,
     client: &reqwest::Client,
-    script: &str,
+    body: &Value,
     clients: usize,
     length: Duration,
 ) -> (Sample, u64) {
@@ -325,7 +460,7 @@ async fn run_sampling_rss(
             peak
         })
     };
-    let sample = run_for(service, client, script, clients, length).await;
+    let sample = send_for(service, client, body, clients, length).await;
     watching.store(false, std::sync::atomic::Ordering::SeqCst);
     (sample, sampler.await.unwrap())
 }
@@ -415,6 +550,9 @@ struct Report {
     targets: Vec<String>,
     b0: Option<(Duration, f64)>,
     b1: Option<(Duration, f64)>,
+    floor: Option<Floor>,
+    cpu: String,
+    growth: String,
 }
 
 impl Report {
@@ -429,6 +567,9 @@ impl Report {
             targets: Vec::new(),
             b0: None,
             b1: None,
+            floor: None,
+            cpu: String::new(),
+            growth: String::new(),
         }
     }
 
@@ -492,6 +633,7 @@ impl Report {
             ("pandas DataFrame", 8) => Some(("executions/s", rate / base_rate, 2.0, false)),
             _ => None,
         };
+        self.floor_target(workload.name, clients, p50, rate);
         if let Some((what, ratio, goal, at_most)) = target {
             let met = if at_most {
                 ratio <= goal
@@ -506,6 +648,79 @@ impl Report {
                 workload.baseline,
                 if met { "met" } else { "missed" }
             ));
+        }
+    }
+
+    /// The targets held against F0: p50 against its wall time, executions per second against
+    /// what the CPUs could do if each execution cost only F0's CPU.
+    fn floor_target(&mut self, workload: &str, clients: usize, p50: Duration, rate: f64) {
+        let Some(floor) = &self.floor else { return };
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) as f64;
+        let ceiling = cpus / (floor.cpu / 1000.0);
+        let (what, ratio, goal, at_most) = match (workload, clients) {
+            ("`return 1`", 1) => ("p50", ms(p50) / floor.wall, 2.5, true),
+            ("`return 1`", 8) => ("executions/s", rate / ceiling, 0.35, false),
+            ("pandas DataFrame", 1) => ("p50", ms(p50) / floor.wall, 3.5, true),
+            ("pandas DataFrame", 8) => ("executions/s", rate / ceiling, 0.25, false),
+            _ => return,
+        };
+        let met = if at_most {
+            ratio <= goal
+        } else {
+            ratio >= goal
+        };
+        let against = if at_most {
+            "F0's wall"
+        } else {
+            "CPUs / F0's CPU"
+        };
+        self.targets.push(format!(
+            "| {workload}, {clients} client{} | {what} {} {goal} × {against} | {ratio:.2} | {} |",
+            if clients == 1 { "" } else { "s" },
+            if at_most { "≤" } else { "≥" },
+            if met { "met" } else { "**missed**" }
+        ));
+    }
+
+    fn cpu(&mut self, workload: &str, warm: bool, cpu: cpu::Breakdown) {
+        writeln!(
+            self.cpu,
+            "| {workload} | {} | {:.2} | {:.2} | {} | {:.2} | {:.2} |",
+            if warm { "on" } else { "off" },
+            cpu.total,
+            cpu.service,
+            cpu.jail
+                .map_or("(in the rest)".to_owned(), |jail| format!("{jail:.2}")),
+            cpu.client,
+            cpu.rest,
+        )
+        .unwrap();
+    }
+
+    /// Two rows of the growth table: the second's p50 and CPU per execution as multiples of
+    /// the first's, beside how much more work it does.
+    fn growth_pair(&mut self, rows: &[(&str, usize, Sample, u64, cpu::Breakdown)], work: f64) {
+        let (_, _, base, _, base_cpu) = &rows[0];
+        for (index, (name, clients, sample, peak, cpu)) in rows.iter().enumerate() {
+            let growth = if index == 0 {
+                "1 | 1 | 1".to_owned()
+            } else {
+                format!(
+                    "{work:.2} | {:.2} | {:.2}",
+                    sample.percentile(500).as_secs_f64() / base.percentile(500).as_secs_f64(),
+                    cpu.total / base_cpu.total
+                )
+            };
+            writeln!(
+                self.growth,
+                "| {name} | {clients} | {:.1} | {:.1} | {} | {:.1} | {:.2} | {growth} |",
+                sample.rate(),
+                ms(sample.percentile(500)),
+                sample.refused,
+                *peak as f64 / 1024.0,
+                cpu.total,
+            )
+            .unwrap();
         }
     }
 
@@ -576,6 +791,61 @@ impl Report {
         .unwrap();
     }
 
+    fn write_floor(&self, text: &mut String) {
+        if let Some(floor) = &self.floor {
+            writeln!(
+                text,
+                "\nF0, the floor a warm execution is made of (`benches/floor.py`): from a process \
+                 holding numpy and pandas, as root, `fork()`, `unshare(mount, IPC, UTS, net)` in \
+                 the child, `_exit`, `waitpid`. Median wall {:.2} ms; CPU charged to the process \
+                 and its child {:.2} ms a round; the whole machine's busy CPU {:.2} ms a round \
+                 (the kernel tears each network namespace down afterwards, on no process's \
+                 account).",
+                floor.wall, floor.cpu, floor.busy_cpu
+            )
+            .unwrap();
+        }
+    }
+
+    fn write_cpu(&self, text: &mut String) {
+        writeln!(text, "\n## Where the CPU goes\n").unwrap();
+        writeln!(
+            text,
+            "Milliseconds of CPU per execution in the 8-client rows: all the machine's busy time \
+             (`/proc/stat`), the service's own (`/proc/<pid>/stat`), the jail's (nsjail, the \
+             zygote and its children: a cpuacct cgroup around the service, minus the service), \
+             the bench's own HTTP client, and the rest: the kernel's work no process is charged \
+             for (network namespace teardown, RCU) and anything else the shared machine ran.\n"
+        )
+        .unwrap();
+        writeln!(
+            text,
+            "| workload | warm | all busy | service | jail | bench client | kernel and other |"
+        )
+        .unwrap();
+        writeln!(text, "|---|---|---|---|---|---|---|").unwrap();
+        text.push_str(&self.cpu);
+    }
+
+    fn write_growth(&self, text: &mut String) {
+        writeln!(text, "\n## How cost grows\n").unwrap();
+        writeln!(
+            text,
+            "Warm, in pairs: the second row does `work` times the first's work per execution \
+             (for `return 1`, the same work from 4 times the clients against the default queue \
+             of 16: what does not fit is answered `503 busy`, counted, and retried after 5 ms). \
+             Growth columns are the second row's p50 and CPU per execution over the first's.\n"
+        )
+        .unwrap();
+        writeln!(
+            text,
+            "| row | clients | per s | p50 ms | 503 busy | service RSS peak MiB | CPU ms per execution | work × | p50 × | CPU × |"
+        )
+        .unwrap();
+        writeln!(text, "|---|---|---|---|---|---|---|---|---|---|").unwrap();
+        text.push_str(&self.growth);
+    }
+
     fn write_rotation(&self, text: &mut String) {
         writeln!(text, "\n## Zygote rotation\n").unwrap();
         writeln!(
@@ -618,6 +888,7 @@ impl Report {
         .unwrap();
         writeln!(text, "|---|---|---|---|---|---|").unwrap();
         text.push_str(&self.baselines);
+        self.write_floor(&mut text);
         writeln!(text, "\n## Targets (warm path on)\n").unwrap();
         writeln!(text, "| workload | target | ratio | |").unwrap();
         writeln!(text, "|---|---|---|---|").unwrap();
@@ -661,10 +932,12 @@ impl Report {
             )
             .unwrap();
         }
+        self.write_cpu(&mut text);
         writeln!(text, "\n## Memory\n").unwrap();
         writeln!(text, "| warm | service RSS idle MiB | service RSS peak under load MiB | warm path (zygote) Pss MiB |").unwrap();
         writeln!(text, "|---|---|---|---|").unwrap();
         text.push_str(&self.memory);
+        self.write_growth(&mut text);
         self.write_rotation(&mut text);
         writeln!(text, "\n## Encoding a DataFrame result\n").unwrap();
         writeln!(

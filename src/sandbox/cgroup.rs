@@ -275,21 +275,34 @@ impl Cgroup {
     }
 
     /// Kills what is left and removes the group, waiting up to a second for the dying.
-    fn remove(&self) {
+    /// Whether it is gone: then no process that was ever in it lives (a directory with a live
+    /// member cannot be removed, and a member cannot leave: the cgroup files are root's).
+    fn remove(&self) -> bool {
         for _ in 0..100 {
             self.kill_all();
             if self.dirs.iter().all(|dir| remove_dir(dir).is_ok()) {
-                return;
+                return true;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
         tracing::warn!(dirs = ?self.dirs, "could not remove an execution's cgroup");
+        false
+    }
+
+    /// Removes the group now (see [`Cgroup::remove`]), saying whether it is gone.
+    pub fn close(mut self) -> bool {
+        let gone = self.remove();
+        // Nothing left for the drop to remove.
+        self.dirs.clear();
+        gone
     }
 }
 
 impl Drop for Cgroup {
     fn drop(&mut self) {
-        self.remove();
+        if !self.dirs.is_empty() {
+            self.remove();
+        }
     }
 }
 

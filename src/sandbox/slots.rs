@@ -262,9 +262,14 @@ impl Slot {
         let phases = self.phases.take();
         Some(move || {
             let started = std::time::Instant::now();
-            drop(cgroup);
+            // Every process of the execution joined its cgroup before it ran as the uid (both
+            // launchers), so a group that could be removed leaves none alive and the uid needs
+            // no look through all of /proc; without one, or if it would not go, the uid is
+            // killed and looked for everywhere.
+            if !cgroup.is_some_and(Cgroup::close) {
+                cleanup::kill_uid(uid);
+            }
             // Nothing of the uid runs any more, so nothing moves in its trees while they go.
-            cleanup::kill_uid(uid);
             pool.retry_quarantined();
             pool.quarantine(workdir.and_then(|dir| cleanup::remove_or_quarantine(&dir)));
             if sweep_files {
