@@ -27,6 +27,7 @@ pub struct Metrics {
     queued: Gauge<i64, std::sync::atomic::AtomicI64>,
     warm_pool: Gauge<i64, std::sync::atomic::AtomicI64>,
     warm_misses: Counter<u64, AtomicU64>,
+    streamed: Counter<u64, AtomicU64>,
     start_failures: Counter<u64, AtomicU64>,
     /// Whether the warm path is configured: a cold execution then counts as a miss.
     warm_configured: bool,
@@ -61,6 +62,8 @@ pub struct ExecutionRecord {
     pub profile: &'static str,
     pub queue_wait: Option<Duration>,
     pub sandbox_run: Option<Duration>,
+    /// Answered as a stream of events (`Accept: application/x-ndjson` or `text/event-stream`).
+    pub streamed: bool,
 }
 
 /// Histogram buckets from 1 ms to about 66 s, doubling.
@@ -91,6 +94,7 @@ impl Metrics {
             queued: Gauge::default(),
             warm_pool: Gauge::default(),
             warm_misses: Counter::default(),
+            streamed: Counter::default(),
             start_failures: Counter::default(),
             warm_configured: warm,
             registry,
@@ -137,6 +141,11 @@ impl Metrics {
             metrics.warm_misses.clone(),
         );
         registry.register(
+            "executions_streamed",
+            "Executions answered as a stream of events (also counted in executions)",
+            metrics.streamed.clone(),
+        );
+        registry.register(
             "sandbox_start_failures",
             "Executions whose sandbox failed before the harness started",
             metrics.start_failures.clone(),
@@ -175,6 +184,9 @@ impl Metrics {
                     path: execution.path.to_owned(),
                 })
                 .observe(run.as_secs_f64());
+        }
+        if execution.streamed {
+            self.streamed.inc();
         }
         if execution.path == "cold" && self.warm_configured {
             self.warm_misses.inc();

@@ -293,6 +293,28 @@ pub struct ExecuteResponse {
     pub limits: Option<AppliedLimits>,
 }
 
+/// One event of a streamed `POST /execute` (with `Accept: application/x-ndjson`, one JSON
+/// object a line; with `Accept: text/event-stream`, the same object as an event's `data`,
+/// named by its `event:` line).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum StreamEvent {
+    /// The harness started: the script's own code runs next. At most once, first.
+    Started,
+    /// What the script wrote to stdout since the last such event: a few milliseconds' worth,
+    /// never split inside a character (bytes that are not UTF-8 are U+FFFD, as in the body).
+    Stdout { data: String },
+    /// The same, for stderr.
+    Stderr { data: String },
+    /// Always last, exactly once: the status and the exact JSON body the request would have
+    /// been answered with had it not asked for a stream.
+    Result {
+        status: u16,
+        #[schema(value_type = Object)]
+        body: Box<RawValue>,
+    },
+}
+
 /// Where `null`s stand for NaN, `NaT`, `pd.NA` or ±Infinity.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -87,8 +87,7 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
                 let (app, busy) = (app.clone(), activity.begin());
                 async move {
                     let response = tower::ServiceExt::oneshot(app, request).await;
-                    drop(busy);
-                    response
+                    response.map(|response| response.map(|body| Holding { body, _busy: busy }))
                 }
             })
         };
@@ -170,6 +169,33 @@ impl Activity {
                 () = self.changed.notified() => {}
             }
         }
+    }
+}
+
+/// A response body that keeps its request in flight until it is sent or dropped: a streamed
+/// answer is in flight for as long as it streams, so the idle timeout never cuts it.
+struct Holding {
+    body: axum::body::Body,
+    _busy: Busy,
+}
+
+impl http_body::Body for Holding {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

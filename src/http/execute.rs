@@ -1,4 +1,5 @@
-//! `POST /execute`: admit, extract, validate, run, answer.
+//! `POST /execute`: extract, validate, admit, run, answer: plainly, or as a stream of events
+//! where the client asks for one (`stream.rs`).
 
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
@@ -6,11 +7,12 @@ use axum::{Extension, Json};
 
 use super::error::ApiError;
 use super::extract;
-use super::log::Usage;
+use super::log::{Seen, Usage};
+use super::stream;
 use crate::app::AppState;
 use crate::job::Job;
 use crate::protocol::{AppliedLimits, ErrorBody, ExecuteRequest, ExecuteResponse, FailedScript};
-use crate::sandbox::{Execution, Outcome};
+use crate::sandbox::{Execution, Outcome, SandboxError};
 
 /// Runs a script's `main()` in a fresh sandbox.
 #[utoipa::path(
@@ -31,11 +33,25 @@ pub(super) async fn execute(
     State(state): State<AppState>,
     request: Request,
 ) -> Result<Response, ApiError> {
+    let format = stream::Format::accepted(request.headers());
+    let seen = request.extensions().get::<Seen>().cloned();
     let body: ExecuteRequest = extract::read_json(&state.bodies, request).await?;
     let job = Job::from_request(body, &state.config.limits)?;
     // Admitted only once the body is in, so a slow client holds no sandbox and no queue place:
     // the queue holds whole requests, at most `max_queue` of them.
     let ticket = state.sandbox.admit()?;
+    // A stream begins only once a sandbox is the request's: until then every refusal (busy,
+    // shutting down) is answered plainly, streamed or not.
+    let acquired = state.sandbox.acquire(ticket).await?;
+    Ok(match format {
+        None => answer(&job, state.sandbox.run(acquired, &job, None).await),
+        Some(format) => stream::respond(format, state, acquired, job, seen),
+    })
+}
+
+/// The plain answer to an execution, which a stream's last event carries too: its value and
+/// output, or the script's failure, or the sandbox's; with what the sandbox did, for the log.
+pub(super) fn answer(job: &Job, executed: Result<Execution, SandboxError>) -> Response {
     let Execution {
         outcome,
         output,
@@ -44,7 +60,10 @@ pub(super) async fn execute(
         path,
         queue_wait,
         ..
-    } = state.sandbox.execute(ticket, &job).await?;
+    } = match executed {
+        Ok(execution) => execution,
+        Err(error) => return ApiError::from(error).into_response(),
+    };
     let usage = Usage {
         path: path.as_str(),
         profile: profile.name(),
@@ -75,5 +94,5 @@ pub(super) async fn execute(
             ApiError::ScriptFailed(Box::new(FailedScript { failure, output })).into_response()
         }
     };
-    Ok((Extension(usage), answer).into_response())
+    (Extension(usage), answer).into_response()
 }

@@ -1,7 +1,8 @@
 //! One structured log line per request, and its metrics: status, latency, sizes, user agent,
 //! the trace it belongs to, the outcome code and what the sandbox used; the request span adds
 //! method, route and request ids. Every value a client chose (method, path, user agent) is
-//! logged [`bounded`](crate::telemetry::bounded), so no request makes a long line. With JSON
+//! logged [`bounded`](crate::telemetry::bounded), so no request makes a long line. A streamed
+//! answer is logged when its stream ends, with its execution's outcome ([`Seen::record`]). With JSON
 //! logs the line is in the shape Cloud Logging reads (`telemetry.rs`): its `http_request.*`
 //! fields become `httpRequest`, `trace` becomes `logging.googleapis.com/trace`. Script text and
 //! output are never logged. Handlers and the error mapping tell it what they know through
@@ -36,57 +37,132 @@ pub struct Usage {
     pub memory_peak_bytes: Option<u64>,
 }
 
-pub async fn access_log(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = crate::telemetry::bounded(request.method().as_str()).into_owned();
-    let path = crate::telemetry::bounded(request.uri().path()).into_owned();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str)
-        .to_owned();
-    let headers = request.headers();
-    let request_size = content_length(headers);
-    let user_agent = headers
-        .get(header::USER_AGENT)
-        .map(crate::telemetry::header_text);
-    let trace = trace_id(headers).map(|id| match &state.config.server.trace_project {
-        Some(project) => format!("projects/{project}/traces/{id}"),
-        None => id,
-    });
+/// Marks a response whose log line and metrics wait for its stream to end: the stream calls
+/// [`Seen::record`] with the outcome it carried.
+#[derive(Debug, Clone, Copy)]
+pub struct Deferred;
+
+/// What the access log knows of a request before it is answered. It is in the request's
+/// extensions, so a handler whose answer ends after its response began can record it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    started: Instant,
+    method: String,
+    path: String,
+    route: String,
+    request_size: Option<u64>,
+    user_agent: Option<String>,
+    trace: Option<String>,
+    /// The request's span, for a line written after its response left the span.
+    span: tracing::Span,
+}
+
+/// How a request was answered, for its line and metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct Answered {
+    /// The HTTP status sent; a stream's is 200 whatever its execution came to.
+    pub status: u16,
+    pub response_size: Option<u64>,
+    /// `ok` or the error code of the answer (a stream's: of its last event).
+    pub code: &'static str,
+    pub usage: Option<Usage>,
+    /// The status the answer carried in a stream's last event.
+    pub streamed: Option<u16>,
+}
+
+impl Answered {
+    /// What a response says of itself: its status, size, and what its extensions tell.
+    pub fn from_response(response: &Response) -> Self {
+        let extensions = response.extensions();
+        Self {
+            status: response.status().as_u16(),
+            response_size: response.body().size_hint().exact(),
+            code: extensions.get::<OutcomeCode>().map_or("ok", |code| code.0),
+            usage: extensions.get::<Usage>().copied(),
+            streamed: None,
+        }
+    }
+}
+
+impl Seen {
+    fn new(state: &AppState, request: &Request) -> Self {
+        let route = request
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or("unmatched", MatchedPath::as_str)
+            .to_owned();
+        let headers = request.headers();
+        Self {
+            started: Instant::now(),
+            method: crate::telemetry::bounded(request.method().as_str()).into_owned(),
+            path: crate::telemetry::bounded(request.uri().path()).into_owned(),
+            route,
+            request_size: content_length(headers),
+            user_agent: headers
+                .get(header::USER_AGENT)
+                .map(crate::telemetry::header_text),
+            trace: trace_id(headers).map(|id| match &state.config.server.trace_project {
+                Some(project) => format!("projects/{project}/traces/{id}"),
+                None => id,
+            }),
+            span: tracing::Span::current(),
+        }
+    }
+
+    /// Writes the request's line and records its metrics.
+    pub fn record(&self, state: &AppState, answered: Answered) {
+        let _span = self.span.enter();
+        let took = self.started.elapsed();
+        let Answered {
+            status,
+            response_size,
+            code,
+            usage,
+            streamed,
+        } = answered;
+        tracing::info!(
+            http_request.request_method = self.method,
+            http_request.request_url = self.path,
+            http_request.status = status,
+            http_request.latency = format!("{:.6}s", took.as_secs_f64()),
+            http_request.request_size = self.request_size,
+            http_request.response_size = response_size,
+            http_request.user_agent = self.user_agent,
+            trace = self.trace,
+            code,
+            streamed_status = streamed,
+            duration_ms = millis(took),
+            path = usage.map(|usage| usage.path),
+            queue_ms = usage.map(|usage| millis(usage.queue_wait)),
+            sandbox_ms = usage.map(|usage| millis(usage.sandbox_run)),
+            memory_peak_bytes = usage.and_then(|usage| usage.memory_peak_bytes),
+            "request"
+        );
+        let execution = (self.route == "/execute").then(|| ExecutionRecord {
+            code,
+            path: usage.map_or("none", |usage| usage.path),
+            profile: usage.map_or_else(|| state.sandbox.profile().name(), |usage| usage.profile),
+            queue_wait: usage.map(|usage| usage.queue_wait),
+            sandbox_run: usage.map(|usage| usage.sandbox_run),
+            streamed: streamed.is_some(),
+        });
+        state
+            .metrics
+            .record_request(&self.route, status, took, execution);
+    }
+}
+
+pub async fn access_log(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let seen = Seen::new(&state, &request);
+    request.extensions_mut().insert(seen.clone());
     let response = next.run(request).await;
-    let took = started.elapsed();
-    let extensions = response.extensions();
-    let code = extensions.get::<OutcomeCode>().map_or("ok", |code| code.0);
-    let usage = extensions.get::<Usage>().copied();
-    let status = response.status().as_u16();
-    tracing::info!(
-        http_request.request_method = method,
-        http_request.request_url = path,
-        http_request.status = status,
-        http_request.latency = format!("{:.6}s", took.as_secs_f64()),
-        http_request.request_size = request_size,
-        http_request.response_size = response.body().size_hint().exact(),
-        http_request.user_agent = user_agent,
-        trace,
-        code,
-        duration_ms = millis(took),
-        path = usage.map(|usage| usage.path),
-        queue_ms = usage.map(|usage| millis(usage.queue_wait)),
-        sandbox_ms = usage.map(|usage| millis(usage.sandbox_run)),
-        memory_peak_bytes = usage.and_then(|usage| usage.memory_peak_bytes),
-        "request"
-    );
-    let execution = (route == "/execute").then(|| ExecutionRecord {
-        code,
-        path: usage.map_or("none", |usage| usage.path),
-        profile: usage.map_or_else(|| state.sandbox.profile().name(), |usage| usage.profile),
-        queue_wait: usage.map(|usage| usage.queue_wait),
-        sandbox_run: usage.map(|usage| usage.sandbox_run),
-    });
-    state
-        .metrics
-        .record_request(&route, status, took, execution);
+    if response.extensions().get::<Deferred>().is_none() {
+        seen.record(&state, Answered::from_response(&response));
+    }
     response
 }
 

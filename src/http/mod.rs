@@ -11,6 +11,7 @@ mod log;
 mod metrics;
 mod openapi;
 mod request_id;
+mod stream;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;

@@ -45,9 +45,12 @@ pub async fn baseline(sandbox: &Sandbox, python_args: &[&str]) -> Result<Duratio
         &mut jail,
         launched.pipes,
         launched.started,
-        sandbox.limits.time_limit(),
-        caps,
-        &sandbox.cancel,
+        process::Watch {
+            deadline: sandbox.limits.time_limit(),
+            caps,
+            cancel: &sandbox.cancel,
+            tap: None,
+        },
     )
     .await
     .map_err(|source| SandboxError::Internal {

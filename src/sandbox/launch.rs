@@ -7,12 +7,10 @@
 use std::io;
 use std::path::Path;
 use std::process::ExitStatus;
-use std::time::{Duration, Instant};
-
-use tokio_util::sync::CancellationToken;
+use std::time::Instant;
 
 use super::SandboxError;
-use super::process::{self, Caps, Ended, Finished, Jailed, Pipes, Spawned};
+use super::process::{self, Ended, Finished, Jailed, Pipes, Spawned, Watch};
 use super::slots::Slot;
 use super::zygote::Forked;
 use crate::config::Profile;
@@ -92,22 +90,10 @@ pub enum Ran {
 }
 
 impl Launched {
-    /// Runs the jail to its end, at most `deadline` from when it was asked for.
-    pub async fn supervise(
-        mut self,
-        deadline: Duration,
-        caps: Caps,
-        cancel: &CancellationToken,
-    ) -> Result<Ran, SandboxError> {
-        let finished = process::supervise(
-            &mut self.jail,
-            self.pipes,
-            self.started,
-            deadline,
-            caps,
-            cancel,
-        )
-        .await
+    /// Runs the jail to its end, at most the deadline from when it was asked for.
+    pub async fn supervise(mut self, watch: Watch<'_>) -> Result<Ran, SandboxError> {
+        let finished = process::supervise(&mut self.jail, self.pipes, self.started, watch)
+            .await
         .map_err(|source| SandboxError::Internal {
             context: "supervising the sandbox process failed",
             source,

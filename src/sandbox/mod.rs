@@ -15,6 +15,7 @@ mod cold;
 mod command;
 mod documents;
 mod launch;
+mod live;
 mod masks;
 mod outcome;
 mod packages;
@@ -38,6 +39,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 pub use launch::RunPath;
+pub use live::{Event, Live, Stream};
 pub use outcome::{Execution, Outcome};
 pub use packages::{Installed, normalized as package_name};
 pub use slots::Ticket;
@@ -51,10 +53,9 @@ use block::Block;
 use cgroup::Cgroups;
 use launch::{Launched, NotStarted, Ran};
 use phases::Phases;
-use process::Caps;
-use process::Finished;
+use process::{Caps, Finished, Watch};
 use profile::ActiveProfile;
-use slots::{Refused, Slots};
+use slots::{Refused, Slot, Slots};
 use startup::{Choice, Health};
 use supervisor::ZygoteSupervisor;
 use tokio_util::sync::CancellationToken;
@@ -255,22 +256,53 @@ impl Sandbox {
         self.slots.admit().map_err(SandboxError::from)
     }
 
-    /// Runs `job` in a fresh jail once a slot is free, and waits for it, at most its time
-    /// limit: warm where a zygote can fork it, else cold, and cold again if and only if the
-    /// warm child never said `started` (no user code ran, so nothing can run twice). The
-    /// answer does not wait for the teardown where nothing of the execution is visible to
-    /// another: the slot keeps its place (and so counts in admission) until its sweep is done.
-    #[tracing::instrument(skip_all, fields(script_bytes = job.script.as_str().len()))]
+    /// Runs `job` in a fresh jail once a slot is free ([`Sandbox::acquire`], then
+    /// [`Sandbox::run`]).
     pub async fn execute(&self, ticket: Ticket, job: &Job) -> Result<Execution, SandboxError> {
+        let acquired = self.acquire(ticket).await?;
+        self.run(acquired, job, None).await
+    }
+
+    /// A slot for the ticket's execution, now or once one frees up within the queue timeout:
+    /// the last point where the execution can be refused without a sandbox spent on it.
+    pub async fn acquire(&self, ticket: Ticket) -> Result<Acquired, SandboxError> {
+        if self.block.is_none() {
+            return Err(SandboxError::Unavailable(
+                "the sandbox has not been started".to_owned(),
+            ));
+        }
+        let begun = Instant::now();
+        let slot = ticket.acquire().await?;
+        Ok(Acquired {
+            slot,
+            queue_wait: begun.elapsed(),
+        })
+    }
+
+    /// Runs `job` in a fresh jail in the acquired slot, and waits for it, at most its time
+    /// limit: warm where a zygote can fork it, else cold, and cold again if and only if the
+    /// warm child never said `started` (no user code ran, so nothing can run twice). What the
+    /// script writes goes to `live` as it is read, where there is one. The answer does not
+    /// wait for the teardown where nothing of the execution is visible to another: the slot
+    /// keeps its place (and so counts in admission) until its sweep is done.
+    #[tracing::instrument(skip_all, fields(script_bytes = job.script.as_str().len()))]
+    pub async fn run(
+        &self,
+        acquired: Acquired,
+        job: &Job,
+        live: Option<&Live>,
+    ) -> Result<Execution, SandboxError> {
         let Some(block) = &self.block else {
             return Err(SandboxError::Unavailable(
                 "the sandbox has not been started".to_owned(),
             ));
         };
-        let begun = Instant::now();
-        let mut slot = ticket.acquire().await?;
+        let Acquired {
+            mut slot,
+            queue_wait,
+        } = acquired;
         let mut phases = Phases {
-            queue: begun.elapsed(),
+            queue: queue_wait,
             ..Phases::default()
         };
         let profile = self.profile();
@@ -301,7 +333,7 @@ impl Sandbox {
             workdir: workdir.as_deref(),
             job,
         };
-        let (finished, path, cold_because) = self.run_on_a_path(&run, job).await?;
+        let (finished, path, cold_because) = self.run_on_a_path(&run, job, live).await?;
         phases.set_run(
             finished.spawned_at,
             finished.result.first_at,
@@ -356,13 +388,14 @@ impl Sandbox {
         &self,
         run: &launch::Run<'_>,
         job: &Job,
+        live: Option<&Live>,
     ) -> Result<(Finished, RunPath, Option<String>), SandboxError> {
         let warm = match self.zygote(run.profile) {
             Some((zygote, share)) => self.launch_warm(run, &zygote, share).await,
             None => Err(NotStarted("the warm path is off".to_owned())),
         };
         let reason = match warm {
-            Ok(launched) => match self.supervise(launched, job).await? {
+            Ok(launched) => match self.supervise(launched, job, live).await? {
                 Ran::Started(finished) => return Ok((*finished, RunPath::Warm, None)),
                 // The zygote forked, yet its child failed before the harness: the sandbox's
                 // fault, worth an operator's eye, though the execution goes on cold.
@@ -377,21 +410,33 @@ impl Sandbox {
             Err(NotStarted(reason)) => reason,
         };
         tracing::debug!(reason, "running cold");
-        match self.supervise(self.launch_cold(run)?, job).await? {
+        match self.supervise(self.launch_cold(run)?, job, live).await? {
             Ran::Started(finished) => Ok((*finished, RunPath::Cold, Some(reason))),
             Ran::NotStarted(NotStarted(reason)) => Err(SandboxError::Unavailable(reason)),
         }
     }
 
-    /// Supervises a launched jail to its end under the job's limits.
-    async fn supervise(&self, launched: Launched, job: &Job) -> Result<Ran, SandboxError> {
-        launched
-            .supervise(
-                job.limits.time_limit(),
-                Self::caps(&job.limits),
-                &self.cancel,
-            )
-            .await
+    /// Supervises a launched jail to its end under the job's limits, passing its output on to
+    /// `live` once it counts: once the harness started, or once the attempt is the answer.
+    async fn supervise(
+        &self,
+        launched: Launched,
+        job: &Job,
+        live: Option<&Live>,
+    ) -> Result<Ran, SandboxError> {
+        let attempt = live.map(live::Attempt::new);
+        let ran = launched
+            .supervise(Watch {
+                deadline: job.limits.time_limit(),
+                caps: Self::caps(&job.limits),
+                cancel: &self.cancel,
+                tap: attempt.as_ref().map(|attempt| attempt as &dyn process::Tap),
+            })
+            .await?;
+        if let (Some(attempt), Ran::Started(_)) = (&attempt, &ran) {
+            attempt.open();
+        }
+        Ok(ran)
     }
 
     /// What is read of an execution's output: its stdout and stderr caps, and room for the
@@ -423,6 +468,13 @@ impl Sandbox {
     fn harness_dir(&self) -> Option<PathBuf> {
         self.work_dir().map(|dir| dir.join(startup::HARNESS_DIR))
     }
+}
+
+/// A slot taken for one execution, and how long the request waited for it.
+#[derive(Debug)]
+pub struct Acquired {
+    slot: Slot,
+    queue_wait: Duration,
 }
 
 /// The seccomp filters for `subject`, hex-encoded for the harness.

@@ -49,6 +49,23 @@ pub struct Captured {
     pub last_at: Option<Instant>,
 }
 
+/// One of a jail process's pipes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pipe {
+    Stdout,
+    Stderr,
+    Result,
+    Log,
+}
+
+/// Sees each pipe's bytes as they are read, for output passed on while the process runs. It
+/// must not wait: the pipes are read on its call.
+pub trait Tap: Sync + std::fmt::Debug {
+    /// `captured` holds all that was kept of `pipe` so far; its last `kept` bytes are new
+    /// (none where the read passed the cap).
+    fn read(&self, pipe: Pipe, captured: &Captured, kept: usize);
+}
+
 /// How the process ended, as the service observed it.
 #[derive(Debug, Clone, Copy)]
 pub enum Ended {
@@ -113,7 +130,13 @@ pub async fn run(
     cancel: &CancellationToken,
 ) -> io::Result<Finished> {
     let (mut spawned, pipes, started) = spawn(cmd, fds, inherit)?;
-    supervise(&mut spawned, pipes, started, limits.0, limits.1, cancel).await
+    let watch = Watch {
+        deadline: limits.0,
+        caps: limits.1,
+        cancel,
+        tap: None,
+    };
+    supervise(&mut spawned, pipes, started, watch).await
 }
 
 /// Spawns `cmd` with its pipes and extra descriptors, without supervising it yet: the process,
@@ -167,31 +190,45 @@ pub fn spawn(
     Ok((Spawned { child, group }, pipes, started))
 }
 
-/// Reads every pipe of `jailed` concurrently with `caps` while waiting for it, and kills it at
-/// `deadline` (counted from `started`) or when `cancel` fires; on every path it is killed and
-/// waited for before this returns.
+/// How a jail process is watched: its deadline (counted from when it was asked for), its
+/// pipes' caps, what stops it early, and what sees its output as it is read.
+#[derive(Debug, Clone, Copy)]
+pub struct Watch<'a> {
+    pub deadline: Duration,
+    pub caps: Caps,
+    pub cancel: &'a CancellationToken,
+    pub tap: Option<&'a dyn Tap>,
+}
+
+/// Reads every pipe of `jailed` concurrently within `watch`'s caps while waiting for it, and
+/// kills it at the deadline or when `cancel` fires; on every path it is killed and waited for
+/// before this returns.
 pub async fn supervise(
     jailed: &mut impl Jailed,
     pipes: Pipes,
     started: Instant,
-    deadline: Duration,
-    caps: Caps,
-    cancel: &CancellationToken,
+    watch: Watch<'_>,
 ) -> io::Result<Finished> {
+    let Watch {
+        deadline,
+        caps,
+        cancel,
+        tap,
+    } = watch;
     let mut captured: [Captured; 4] = Default::default();
     let [out, err, res, lg] = &mut captured;
     let (ended, read) = {
         let log = async {
             match pipes.log {
-                Some(log) => read_capped(log, caps.log, lg).await,
+                Some(log) => read_capped(log, (Pipe::Log, caps.log), lg, None).await,
                 None => Ok(()),
             }
         };
         let readers = async {
             tokio::try_join!(
-                read_capped(pipes.stdout, caps.stdout, out),
-                read_capped(pipes.stderr, caps.stderr, err),
-                read_capped(pipes.result, caps.result, res),
+                read_capped(pipes.stdout, (Pipe::Stdout, caps.stdout), out, tap),
+                read_capped(pipes.stderr, (Pipe::Stderr, caps.stderr), err, tap),
+                read_capped(pipes.result, (Pipe::Result, caps.result), res, tap),
                 log,
             )
         };
@@ -264,12 +301,14 @@ impl Drop for Spawned {
     }
 }
 
-/// Reads up to `cap` bytes into `into`, then drains and discards the rest so the writer never
-/// blocks. Writes into the caller's buffer so a cancelled read keeps what it had.
+/// Reads up to `cap` bytes of `pipe` into `into`, then drains and discards the rest so the
+/// writer never blocks; `tap` sees each read. Writes into the caller's buffer so a cancelled
+/// read keeps what it had.
 async fn read_capped(
     mut reader: impl AsyncRead + Unpin,
-    cap: usize,
+    (pipe, cap): (Pipe, usize),
     into: &mut Captured,
+    tap: Option<&dyn Tap>,
 ) -> io::Result<()> {
     let mut chunk = vec![0; READ_CHUNK];
     loop {
@@ -281,8 +320,12 @@ async fn read_capped(
         into.first_at.get_or_insert(now);
         into.last_at = Some(now);
         let room = cap.saturating_sub(into.bytes.len());
-        into.bytes.extend_from_slice(&chunk[..n.min(room)]);
+        let kept = n.min(room);
+        into.bytes.extend_from_slice(&chunk[..kept]);
         into.truncated |= n > room;
+        if let Some(tap) = tap {
+            tap.read(pipe, into, kept);
+        }
     }
 }
 
