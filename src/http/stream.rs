@@ -263,7 +263,10 @@ impl Streaming {
 /// The last event, carrying the plain answer's status and body, and what the access log
 /// records of it.
 async fn result_event(response: Response) -> (StreamEvent, Answered) {
-    let (status, answered) = (response.status().as_u16(), Answered::from_response(&response));
+    let (status, answered) = (
+        response.status().as_u16(),
+        Answered::from_response(&response),
+    );
     if let Some(body) = json_body(response).await {
         let answered = Answered {
             streamed: Some(status),
@@ -274,7 +277,10 @@ async fn result_event(response: Response) -> (StreamEvent, Answered) {
     // Every answer of ours is JSON: this is a bug, answered as one.
     tracing::error!(status, "a streamed execution's answer was not JSON");
     let internal = super::ApiError::Internal.into_response();
-    let (status, answered) = (internal.status().as_u16(), Answered::from_response(&internal));
+    let (status, answered) = (
+        internal.status().as_u16(),
+        Answered::from_response(&internal),
+    );
     let body = json_body(internal)
         .await
         .unwrap_or_else(|| RawValue::NULL.to_owned());

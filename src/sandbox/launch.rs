@@ -94,10 +94,10 @@ impl Launched {
     pub async fn supervise(mut self, watch: Watch<'_>) -> Result<Ran, SandboxError> {
         let finished = process::supervise(&mut self.jail, self.pipes, self.started, watch)
             .await
-        .map_err(|source| SandboxError::Internal {
-            context: "supervising the sandbox process failed",
-            source,
-        })?;
+            .map_err(|source| SandboxError::Internal {
+                context: "supervising the sandbox process failed",
+                source,
+            })?;
         let started = harness::started(&finished.result.bytes);
         Ok(match finished.ended {
             Ended::Exited(_) if !started => Ran::NotStarted(NotStarted(

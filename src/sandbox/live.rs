@@ -89,7 +89,11 @@ impl Tap for Attempt<'_> {
             Pipe::Stderr => Stream::Stderr,
             // The first frame on the result pipe is `started`, before any user code runs.
             Pipe::Result => {
-                let open = self.state.lock().unwrap_or_else(PoisonError::into_inner).open;
+                let open = self
+                    .state
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .open;
                 if !open && captured.bytes.contains(&b'\n') && harness::started(&captured.bytes) {
                     self.live.send(Event::Started);
                     self.open();

@@ -16,3 +16,4 @@ mod observability;
 mod profiles;
 mod readme;
 mod reliability;
+mod stream;

@@ -1,0 +1,437 @@
+//! Streamed answers (`Accept: application/x-ndjson` or `text/event-stream`) against the real
+//! service, nsjail and sandbox Python: output arrives while the script runs, in order and
+//! whole; the last event is exactly the plain answer, whatever the outcome; a reader that
+//! stalls blocks nothing and gets everything within the caps; a client that hangs up
+//! mid-stream ends its sandbox; refusals before a sandbox is spent stay plain.
+#![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
+
+use crate::common;
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::markdown::without_duration;
+use common::{TestApp, error_code, spawn_app_with};
+use pyexec::config::ProfileChoice;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const NDJSON: &str = "application/x-ndjson";
+const SSE: &str = "text/event-stream";
+
+/// A streamed answer: its status, content type, and each event with when it arrived.
+struct Streamed {
+    status: u16,
+    content_type: String,
+    events: Vec<(Instant, Value)>,
+}
+
+impl Streamed {
+    fn names(&self) -> Vec<&str> {
+        self.events
+            .iter()
+            .map(|(_, event)| event["event"].as_str().unwrap())
+            .collect()
+    }
+
+    /// The text of every event of `name`, put together.
+    fn text(&self, name: &str) -> String {
+        self.events
+            .iter()
+            .filter(|(_, event)| event["event"] == name)
+            .map(|(_, event)| event["data"].as_str().unwrap())
+            .collect()
+    }
+
+    /// The last event, which must be the only `result`.
+    fn result(&self) -> (u16, Value) {
+        let results: Vec<&Value> = self
+            .events
+            .iter()
+            .map(|(_, event)| event)
+            .filter(|event| event["event"] == "result")
+            .collect();
+        assert_eq!(results.len(), 1, "{:?}", self.names());
+        let (_, last) = self.events.last().unwrap();
+        assert_eq!(last["event"], "result", "{:?}", self.names());
+        (
+            u16::try_from(last["status"].as_u64().unwrap()).unwrap(),
+            last["body"].clone(),
+        )
+    }
+}
+
+/// Sends `body` asking for `accept`, then waits `stall` before reading a byte of the answer.
+async fn stream_after(app: &TestApp, body: &Value, accept: &str, stall: Duration) -> Streamed {
+    let mut response = app
+        .client
+        .post(app.url("/execute"))
+        .header("accept", accept)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|value| value.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    tokio::time::sleep(stall).await;
+    let separator: &[u8] = if accept == SSE { b"\n\n" } else { b"\n" };
+    let mut buffer = Vec::new();
+    let mut events = Vec::new();
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        let now = Instant::now();
+        buffer.extend_from_slice(&chunk);
+        while let Some(end) = buffer
+            .windows(separator.len())
+            .position(|window| window == separator)
+        {
+            let record: Vec<u8> = buffer.drain(..end + separator.len()).collect();
+            let record = std::str::from_utf8(&record[..end]).unwrap();
+            events.push((now, parse_event(record, accept == SSE)));
+        }
+    }
+    assert!(buffer.is_empty(), "a partial event at the end: {buffer:?}");
+    Streamed {
+        status,
+        content_type,
+        events,
+    }
+}
+
+async fn stream(app: &TestApp, body: &Value) -> Streamed {
+    stream_after(app, body, NDJSON, Duration::ZERO).await
+}
+
+/// One NDJSON line, or one SSE event whose `event:` line must name its data's `event`.
+fn parse_event(record: &str, sse: bool) -> Value {
+    if !sse {
+        return serde_json::from_str(record).unwrap();
+    }
+    let mut lines = record.lines();
+    let name = lines.next().unwrap().strip_prefix("event: ").unwrap();
+    let data = lines.next().unwrap().strip_prefix("data: ").unwrap();
+    assert!(lines.next().is_none(), "{record:?}");
+    let event: Value = serde_json::from_str(data).unwrap();
+    assert_eq!(event["event"], name, "{record:?}");
+    event
+}
+
+async fn app(profile: ProfileChoice, warm: bool) -> TestApp {
+    spawn_app_with(|config| {
+        config.sandbox.profile = profile;
+        config.sandbox.warm = warm;
+        config.sandbox.max_concurrency = 1;
+    })
+    .await
+}
+
+const PRINT_SLEEP_PRINT: &str = r#"import sys, time
+def main():
+    print("first")
+    print("warn", file=sys.stderr)
+    time.sleep(1.5)
+    print("second é")
+    return 42
+"#;
+
+const READY_THEN_SLEEP: &str = "import time\ndef main():\n    print('ready')\n    time.sleep(30)\n";
+
+/// Output arrives as the script writes it, in order, and whole; a client that hangs up
+/// mid-stream ends the sandbox and frees its slot. In both profiles, warm and cold.
+#[tokio::test]
+async fn output_arrives_while_the_script_runs_and_a_hang_up_ends_it_in_every_configuration() {
+    for (profile, warm) in [
+        (ProfileChoice::Strict, true),
+        (ProfileChoice::Strict, false),
+        (ProfileChoice::CloudRun, true),
+        (ProfileChoice::CloudRun, false),
+    ] {
+        let app = app(profile, warm).await;
+        assert_eq!(app.warm, warm);
+        let plain = app.execute(PRINT_SLEEP_PRINT).await;
+        let streamed = stream(&app, &json!({ "script": PRINT_SLEEP_PRINT })).await;
+        let at = |wanted: &dyn Fn(&Value) -> bool| {
+            streamed
+                .events
+                .iter()
+                .find(|(_, event)| wanted(event))
+                .map(|(at, _)| *at)
+                .unwrap()
+        };
+        let first = at(&|event| event["event"] == "stdout");
+        let (ended, _) = streamed.events.last().unwrap();
+        assert!(
+            *ended - first > Duration::from_secs(1),
+            "{profile:?} warm={warm}: the first line came {:?} before the end",
+            *ended - first
+        );
+        assert_eq!(
+            (streamed.status, streamed.content_type.as_str()),
+            (200, NDJSON)
+        );
+        let names = streamed.names();
+        assert_eq!(names.first(), Some(&"started"), "{names:?}");
+        assert_eq!(streamed.text("stdout"), "first\nsecond é\n");
+        assert_eq!(streamed.text("stderr"), "warn\n");
+        let (status, body) = streamed.result();
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["result"], 42);
+        assert_eq!(
+            (status, without_duration(body)),
+            (plain.0, without_duration(plain.1)),
+            "{profile:?} warm={warm}"
+        );
+
+        // A client that hangs up mid-stream: its sandbox dies, its only slot is free again.
+        let mut connection = raw_stream_request(&app, READY_THEN_SLEEP).await;
+        read_until(&mut connection, "ready").await;
+        drop(connection);
+        let left = app.processes_left().await;
+        assert!(left.is_empty(), "{profile:?} warm={warm}: {left:?}");
+        let again = Instant::now();
+        let (status, _) = app.execute("def main():\n    return 1\n").await;
+        assert_eq!(status, 200);
+        assert!(
+            again.elapsed() < Duration::from_secs(5),
+            "{profile:?} warm={warm}"
+        );
+    }
+}
+
+/// A streamed request on a raw connection, so the test can hang up whenever it likes.
+async fn raw_stream_request(app: &TestApp, script: &str) -> TcpStream {
+    let body = json!({ "script": script }).to_string();
+    let mut connection = TcpStream::connect(app.addr).await.unwrap();
+    let request = format!(
+        "POST /execute HTTP/1.1\r\nHost: x\r\nAccept: {NDJSON}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    connection.write_all(request.as_bytes()).await.unwrap();
+    connection
+}
+
+/// Reads the raw answer until `text` is in it (at most 10 s).
+async fn read_until(connection: &mut TcpStream, text: &str) {
+    let mut seen = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let mut chunk = [0; 4096];
+        while !String::from_utf8_lossy(&seen).contains(text) {
+            let n = connection.read(&mut chunk).await.unwrap();
+            assert!(
+                n > 0,
+                "closed before {text:?}: {:?}",
+                String::from_utf8_lossy(&seen)
+            );
+            seen.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {text:?} in {:?}", String::from_utf8_lossy(&seen)));
+}
+
+/// Whatever the script comes to, the last event carries the status and body the plain request
+/// gets: the stream is a view of the same answer, never a second error path.
+#[tokio::test]
+async fn the_last_event_is_the_plain_answer_for_every_outcome() {
+    let app = app(ProfileChoice::Auto, true).await;
+    let cases = [
+        (
+            "success",
+            json!({"script": "def main():\n    print('hi')\n    return {'a': [1, 2.5, None]}\n"}),
+            200,
+            "ok",
+        ),
+        (
+            "exception",
+            json!({"script": "def main():\n    print('before')\n    raise ValueError('nope')\n"}),
+            400,
+            "script_exception",
+        ),
+        (
+            "time limit",
+            json!({"script": "import time\ndef main():\n    print('tick', flush=True)\n    time.sleep(10)\n", "limits": {"time_ms": 1000}}),
+            400,
+            "time_limit_exceeded",
+        ),
+        (
+            "memory",
+            json!({"script": "def main():\n    block = bytearray(200 << 20)\n    return len(block)\n", "limits": {"memory_bytes": 64 << 20}}),
+            400,
+            "memory_limit_exceeded",
+        ),
+        (
+            "output cap",
+            json!({"script": "def main():\n    print('x' * 5000)\n    return 1\n", "limits": {"output_bytes": 1000}}),
+            200,
+            "ok",
+        ),
+        (
+            "syntax error",
+            json!({"script": "def main(:\n    return 1\n"}),
+            400,
+            "syntax_error",
+        ),
+        (
+            "no main",
+            json!({"script": "print('loaded')\n"}),
+            400,
+            "no_main",
+        ),
+    ];
+    for (name, request, status, code) in &cases {
+        let (name, status) = (*name, *status);
+        let (plain_status, plain) = app.post_json(request).await;
+        let streamed = stream(&app, request).await;
+        assert_eq!(streamed.status, 200, "{name}");
+        let (streamed_status, body) = streamed.result();
+        assert_eq!(
+            (plain_status, streamed_status),
+            (status, status),
+            "{name}: {body}"
+        );
+        if status != 200 {
+            assert_eq!(error_code(&body), *code, "{name}");
+        }
+        assert_eq!(
+            streamed.text("stdout"),
+            body["stdout"].as_str().unwrap(),
+            "{name}"
+        );
+        assert_eq!(
+            streamed.text("stderr"),
+            body["stderr"].as_str().unwrap(),
+            "{name}"
+        );
+        assert_eq!(without_duration(body), without_duration(plain), "{name}");
+    }
+    // The output cap drops what passes it, in the stream as in the body, and says so there.
+    let (_, body) = stream(&app, &cases[4].1).await.result();
+    assert_eq!(body["stdout"].as_str().unwrap().len(), 1000);
+    assert_eq!(body["stdout_truncated"], true);
+}
+
+/// A reader that reads nothing for seconds blocks neither the script's pipes nor the service:
+/// the script runs to its end meanwhile, and the reader then gets all the output within the
+/// cap (what passed the cap is dropped and flagged), in order, and the result.
+#[tokio::test]
+async fn a_reader_that_stalls_blocks_nothing_and_gets_everything_within_the_cap() {
+    let app = app(ProfileChoice::Auto, true).await;
+    // 3 MiB of a byte JSON writes as six: far more than the socket buffers hold, and three
+    // times the output cap.
+    let script = "import sys, time\ndef main():\n    for _ in range(48):\n        sys.stdout.write('\\x01' * 65536)\n    sys.stderr.write('done')\n    return time.time()\n";
+    let stall = Duration::from_secs(4);
+    let stalled_until = SystemTime::now() + stall;
+    let streamed = stream_after(&app, &json!({ "script": script }), NDJSON, stall).await;
+    let (status, body) = streamed.result();
+    assert_eq!(status, 200, "{body}");
+    let ended = UNIX_EPOCH + Duration::from_secs_f64(body["result"].as_f64().unwrap());
+    assert!(
+        ended < stalled_until,
+        "the script ended {:?} after the reader came back",
+        ended.duration_since(stalled_until).unwrap_or_default()
+    );
+    let stdout = streamed.text("stdout");
+    assert_eq!(stdout.len(), app.config.limits.output_bytes);
+    assert!(stdout.bytes().all(|byte| byte == 1));
+    assert_eq!(stdout, body["stdout"].as_str().unwrap());
+    assert_eq!(body["stdout_truncated"], true);
+    assert_eq!(streamed.text("stderr"), "done");
+}
+
+/// `text/event-stream` carries the same events, each named by its `event:` line.
+#[tokio::test]
+async fn server_sent_events_carry_the_same_events() {
+    let app = app(ProfileChoice::Auto, true).await;
+    let request = json!({ "script": PRINT_SLEEP_PRINT });
+    let streamed = stream_after(&app, &request, SSE, Duration::ZERO).await;
+    assert_eq!(
+        (streamed.status, streamed.content_type.as_str()),
+        (200, SSE)
+    );
+    assert_eq!(streamed.text("stdout"), "first\nsecond é\n");
+    let (status, body) = streamed.result();
+    assert_eq!((status, &body["result"]), (200, &json!(42)));
+}
+
+/// A refusal before any sandbox is spent is the plain answer, asked for a stream or not.
+#[tokio::test]
+async fn refusals_before_a_sandbox_is_spent_stay_plain() {
+    let app = spawn_app_with(|config| {
+        config.sandbox.max_concurrency = 1;
+        config.sandbox.max_queue = 0;
+    })
+    .await;
+    let refused = |body: Value| {
+        let request = app
+            .client
+            .post(app.url("/execute"))
+            .header("accept", NDJSON)
+            .json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            let content_type = response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            let (status, body) = common::read(response).await;
+            (status, content_type, error_code(&body).to_owned())
+        }
+    };
+    assert_eq!(
+        refused(json!({"script": ""})).await,
+        (
+            400,
+            "application/json".to_owned(),
+            "empty_script".to_owned()
+        )
+    );
+    assert_eq!(
+        refused(json!({"script": "def main(): pass", "limits": {"time_ms": 0}}))
+            .await
+            .0,
+        400
+    );
+    // Its one slot busy and no queue: the next is refused 503 `busy`, plainly.
+    let mut running = raw_stream_request(&app, READY_THEN_SLEEP).await;
+    read_until(&mut running, "ready").await;
+    assert_eq!(
+        refused(json!({"script": "def main():\n    return 1\n"})).await,
+        (503, "application/json".to_owned(), "busy".to_owned())
+    );
+    drop(running);
+}
+
+/// Streamed executions are counted, with their outcome among all executions.
+#[tokio::test]
+async fn metrics_count_streamed_executions() {
+    let app = app(ProfileChoice::Auto, true).await;
+    stream(&app, &json!({"script": "def main():\n    return 1\n"})).await;
+    stream(
+        &app,
+        &json!({"script": "def main():\n    raise KeyError\n"}),
+    )
+    .await;
+    app.execute("def main():\n    return 1\n").await;
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("pyexec_executions_streamed_total 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.lines().any(|line| line
+            .starts_with("pyexec_executions_total{code=\"script_exception\"")
+            && line.ends_with(" 1")),
+        "{metrics}"
+    );
+}
