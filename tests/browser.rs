@@ -282,6 +282,7 @@ async fn the_page_shows_the_service_and_runs_scripts_as_the_api_does() {
     refuses_what_it_cannot_send(&client, &info).await;
     strict_result_turns_the_mapping_off(&client, &app).await;
     runs_a_dataframe_with_input_and_files(&client, &app).await;
+    shows_output_while_the_script_runs(&client).await;
     let path = screenshot(&client).await;
     eprintln!("screenshot: {}", path.display());
     client.close().await.unwrap();
@@ -678,6 +679,40 @@ async fn runs_a_dataframe_with_input_and_files(client: &Client, app: &common::Te
         .await
         .unwrap();
     assert_eq!(violations, json!([]), "the policy blocked nothing");
+}
+
+/// What a script prints shows while it runs (streamed, as text), then the answer as ever.
+async fn shows_output_while_the_script_runs(client: &Client) {
+    // The last step's files are gone with its directory.
+    find(client, "#files-clear").await.click().await.unwrap();
+    let script = "import time\n\ndef main(options):\n    print('tick <b>bold</b>')\n    time.sleep(3)\n    print('tock')\n    return options\n";
+    client
+        .execute(
+            "document.getElementById('script').value = arguments[0];",
+            vec![json!(script)],
+        )
+        .await
+        .unwrap();
+    find(client, "#run").await.click().await.unwrap();
+    let live = client
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css(
+            "#outcome[data-state='running'] #live-stdout:not(:empty)",
+        ))
+        .await
+        .expect("the first line showed while the script ran");
+    assert_eq!(
+        live.prop("textContent").await.unwrap().as_deref(),
+        Some("tick <b>bold</b>\n")
+    );
+    assert_eq!(answered(client, 8).await, "200");
+    assert_eq!(text(client, "#stdout").await, "tick <b>bold</b>\ntock\n");
+    let bold = client
+        .execute("return document.querySelectorAll('b').length;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(bold, json!(0), "streamed output was parsed as markup");
 }
 
 /// The result as JSON and its `DataFrame` as a table (one per top-level value that is one).

@@ -11,16 +11,28 @@ use super::log::{Seen, Usage};
 use super::stream;
 use crate::app::AppState;
 use crate::job::Job;
-use crate::protocol::{AppliedLimits, ErrorBody, ExecuteRequest, ExecuteResponse, FailedScript};
+use crate::protocol::{
+    AppliedLimits, ErrorBody, ExecuteRequest, ExecuteResponse, FailedScript, StreamEvent,
+};
 use crate::sandbox::{Execution, Outcome, SandboxError};
 
 /// Runs a script's `main()` in a fresh sandbox.
+///
+/// With `Accept: application/x-ndjson` (or `text/event-stream`) the answer, once a sandbox is
+/// the request's, is `200` at once and a stream of events: `started`, then `stdout` and
+/// `stderr` as the script writes them, then exactly one `result` with the status and body the
+/// request would have had without that header. Refusals before a sandbox is spent (an invalid
+/// request, `busy`, `shutting_down`) are answered as without it.
 #[utoipa::path(
     post,
     path = "/execute",
     request_body(content = ExecuteRequest, content_type = "application/json"),
     responses(
-        (status = 200, description = "`main()` returned; its value and what the script printed", body = ExecuteResponse),
+        (status = 200, description = "`main()` returned; its value and what the script printed. Streamed: the events, one `StreamEvent` a line (NDJSON) or an SSE event each, the last one `result`", content(
+            (ExecuteResponse = "application/json"),
+            (StreamEvent = "application/x-ndjson"),
+            (StreamEvent = "text/event-stream"),
+        )),
         (status = 400, description = "Invalid JSON or request, or the script failed (see `code`)", body = ErrorBody),
         (status = 408, description = "The body was not sent in time", body = ErrorBody),
         (status = 413, description = "The script or the body is too large", body = ErrorBody),

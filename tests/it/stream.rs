@@ -435,3 +435,36 @@ async fn metrics_count_streamed_executions() {
         "{metrics}"
     );
 }
+
+/// `/openapi.json` documents the streamed media types and every event.
+#[tokio::test]
+async fn the_openapi_document_describes_the_stream() {
+    let router = common::router_only(|_| {});
+    let (status, _, document) = common::oneshot(
+        &router,
+        axum::http::Request::get("/openapi.json")
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let content = &document["paths"]["/execute"]["post"]["responses"]["200"]["content"];
+    for (media, schema) in [
+        ("application/json", "ExecuteResponse"),
+        (NDJSON, "StreamEvent"),
+        (SSE, "StreamEvent"),
+    ] {
+        assert_eq!(
+            content[media]["schema"]["$ref"],
+            format!("#/components/schemas/{schema}"),
+            "{content}"
+        );
+    }
+    let events: Vec<&str> = document["components"]["schemas"]["StreamEvent"]["oneOf"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{}", document["components"]["schemas"]["StreamEvent"]))
+        .iter()
+        .map(|variant| variant["properties"]["event"]["enum"][0].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["started", "stdout", "stderr", "result"]);
+}

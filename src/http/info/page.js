@@ -554,6 +554,41 @@
     return summary;
   }
 
+  const STREAM = 'application/x-ndjson';
+
+  /**
+   * Reads a streamed answer, one event a line: shows stdout and stderr as the script writes
+   * them (as text), and returns the last event, `result`, which carries the plain answer.
+   */
+  async function streamed(response) {
+    const live = { stdout: el('pre', { id: 'live-stdout' }), stderr: el('pre', { id: 'live-stderr' }) };
+    byId('outcome-status').textContent = 'running';
+    byId('outcome-status').className = '';
+    byId('outcome-body').replaceChildren(el('h4', {}, 'stdout'), live.stdout,
+      el('h4', {}, 'stderr'), live.stderr);
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let pending = '';
+    let result = null;
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      pending += value;
+      let end;
+      while ((end = pending.indexOf('\n')) >= 0) {
+        const event = parse(pending.slice(0, end));
+        pending = pending.slice(end + 1);
+        if (!isRecord(event)) continue;
+        if (event.event in live && typeof event.data === 'string') {
+          live[event.event].append(event.data);
+        } else if (event.event === 'result') {
+          result = event;
+        }
+      }
+    }
+    if (!isRecord(result)) throw new Error('the stream ended without its result');
+    return result;
+  }
+
   let runs = 0;
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
@@ -576,13 +611,22 @@
     status.textContent = 'Running…';
     let summary;
     try {
+      // Streamed, so output shows while the script runs; a refusal comes back plain.
       const response = await fetch('/execute', {
         method: 'POST',
-        headers: { 'Content-Type': 'application/json', Accept: 'application/json' },
+        headers: { 'Content-Type': 'application/json', Accept: `${STREAM}, application/json` },
         body: request.body,
       });
-      outcome.dataset.status = String(response.status);
-      summary = show(response, await response.text());
+      if ((response.headers.get('Content-Type') || '').startsWith(STREAM)) {
+        const result = await streamed(response);
+        const code = Number(result.status);
+        outcome.dataset.status = String(code);
+        summary = show({ status: code, ok: code >= 200 && code < 300, statusText: '' },
+          JSON.stringify(result.body));
+      } else {
+        outcome.dataset.status = String(response.status);
+        summary = show(response, await response.text());
+      }
     } catch (error) {
       outcome.dataset.status = '0';
       summary = 'no answer';

@@ -22,7 +22,7 @@ const SCRIPT: &str = include_str!("page.js");
 /// What the page may do. The two hashes are of [`STYLE`] and [`SCRIPT`]; a unit test checks
 /// them (and prints the right ones after an edit of either file).
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; \
-    script-src 'sha256-xfPr8S3uJxVcY6J8F7SwVaQg7RPwdE/wo+Qx+WFK1YE='; \
+    script-src 'sha256-69WxRvh1vEWdEKrst9Fnx2mzhSa7PGwMWiyfPeVA7ek='; \
     style-src 'sha256-bap1hAoQ3nJmdaYFLlO8CnUt46jTEcM6nbPJaURsKIs='; \
     connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'; \
     require-trusted-types-for 'script'; trusted-types 'none'";
