@@ -1,5 +1,5 @@
 //! The service's metrics, in the OpenMetrics text format Prometheus scrapes (`GET /metrics`):
-//! executions by outcome code, profile and path; latency histograms for the queue, the sandbox
+//! executions by outcome code, profile and path, and those streamed; latency histograms for the queue, the sandbox
 //! and the whole request; executions running and queued; the warm path's size and misses;
 //! sandbox start failures; build information. Counters and histograms are recorded where each
 //! request is logged (`http/log.rs`); gauges are read from the sandbox when scraped.

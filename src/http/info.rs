@@ -78,7 +78,10 @@ fn describe(state: &AppState) -> InfoResponse {
                 description: "Body {\"script\": \"def main(): ...\"} (Content-Type: application/json), \
                               optionally with \"input\" for main(input), \"files\" to place, \
                               \"return_files\", \"limits\" and \"strict_result\"; answers \
-                              {\"result\": <main()'s return value>, \"stdout\": \"...\"}.",
+                              {\"result\": <main()'s return value>, \"stdout\": \"...\"}. \
+                              With Accept: application/x-ndjson (or text/event-stream), \
+                              streams stdout and stderr as the script writes them, then that \
+                              answer as the last event.",
             },
             Endpoint {
                 method: "GET",
