@@ -174,6 +174,7 @@ async fn main() {
         if warm {
             growth(&mut report, &client, &service, group.as_ref(), row).await;
             rotation(&mut report, &client, &service, row).await;
+            first_output(&mut report, &client, &service).await;
         }
         drop(service);
         drop(group);
@@ -208,6 +209,90 @@ async fn rotation(report: &mut Report, client: &reqwest::Client, default: &Servi
         .filter_map(|event| event["took_ms"].as_f64())
         .collect();
     report.zygote_starts(&starts);
+}
+
+/// From a script's first `print` to its text reaching the client: streamed (the `stdout` event)
+/// and plain (the whole answer, after the script's end), alternating, on the same service. The
+/// script prints the wall clock in nanoseconds (the jail's clock is the host's), the client
+/// subtracts it from its own on arrival.
+async fn first_output(report: &mut Report, client: &reqwest::Client, service: &Service) {
+    const RUNS: usize = 40;
+    println!("first output ...");
+    let script =
+        "import time\ndef main():\n    print(time.time_ns())\n    time.sleep(0.1)\n    return 1\n";
+    let body = json!({ "script": script });
+    let url = format!("{}/execute", service.url());
+    let wall_ns = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    };
+    let since = |printed: &str, now: u128| {
+        let printed: u128 = printed.trim().parse().unwrap();
+        Duration::from_nanos(u64::try_from(now.saturating_sub(printed)).unwrap())
+    };
+    let mut first = [Vec::new(), Vec::new()];
+    let mut whole = [Vec::new(), Vec::new()];
+    let started = Instant::now();
+    for _ in 0..RUNS {
+        let sent = Instant::now();
+        let mut response = client
+            .post(&url)
+            .header("accept", "application/x-ndjson")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let mut buffer = Vec::new();
+        let mut arrived = None;
+        while let Some(chunk) = response.chunk().await.unwrap() {
+            let now = wall_ns();
+            buffer.extend_from_slice(&chunk);
+            if arrived.is_none() {
+                arrived = buffer
+                    .split(|&byte| byte == b'\n')
+                    .filter_map(|line| serde_json::from_slice::<Value>(line).ok())
+                    .find(|event| event["event"] == "stdout")
+                    .map(|event| since(event["data"].as_str().unwrap(), now));
+            }
+        }
+        whole[0].push(sent.elapsed());
+        first[0].push(arrived.expect("a stdout event"));
+
+        let sent = Instant::now();
+        let text = client
+            .post(&url)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let now = wall_ns();
+        let answer: Value = serde_json::from_str(&text).unwrap();
+        whole[1].push(sent.elapsed());
+        first[1].push(since(answer["stdout"].as_str().unwrap(), now));
+    }
+    let wall = started.elapsed();
+    let sample = |latencies: &Vec<Duration>| Sample {
+        latencies: latencies.clone(),
+        wall,
+        refused: 0,
+    };
+    for (index, name) in ["streamed (`Accept: application/x-ndjson`)", "plain"]
+        .into_iter()
+        .enumerate()
+    {
+        let (first, whole) = (sample(&first[index]), sample(&whole[index]));
+        println!(
+            "  {name}: first print to client p50 {:.2} ms, request p50 {:.1} ms",
+            ms(first.percentile(500)),
+            ms(whole.percentile(500))
+        );
+        report.first_output.push((name, first, whole));
+    }
 }
 
 /// F0 (`benches/floor.py`), run as root with the sandbox's Python.
@@ -580,6 +665,8 @@ struct Report {
     cpu: String,
     growth: String,
     paced: Option<Sample>,
+    /// Streamed and plain: first print to client, and the whole request.
+    first_output: Vec<(&'static str, Sample, Sample)>,
 }
 
 impl Report {
@@ -598,6 +685,7 @@ impl Report {
             cpu: String::new(),
             growth: String::new(),
             paced: None,
+            first_output: Vec::new(),
         }
     }
 
@@ -886,6 +974,48 @@ impl Report {
         }
     }
 
+    fn write_first_output(&self, text: &mut String) {
+        let [(_, streamed, streamed_whole), (_, plain, plain_whole)] = &self.first_output[..]
+        else {
+            return;
+        };
+        writeln!(text, "\n## Output as it happens\n").unwrap();
+        writeln!(
+            text,
+            "A script that prints the wall clock, sleeps 100 ms and returns, {} times streamed \
+             and plain, alternating, warm path on: from the `print` to its text reaching the \
+             client (the `stdout` event; the plain answer, after the script's end), and the \
+             whole request. The stream gathers output over 5 ms before it sends an event.\n",
+            streamed.latencies.len()
+        )
+        .unwrap();
+        writeln!(
+            text,
+            "| answer | print to client p50 ms | p99 ms | request p50 ms | request p99 ms |"
+        )
+        .unwrap();
+        writeln!(text, "|---|---|---|---|---|").unwrap();
+        for (name, first, whole) in &self.first_output {
+            writeln!(
+                text,
+                "| {name} | {:.2} | {:.2} | {:.1} | {:.1} |",
+                ms(first.percentile(500)),
+                ms(first.percentile(990)),
+                ms(whole.percentile(500)),
+                ms(whole.percentile(990))
+            )
+            .unwrap();
+        }
+        writeln!(
+            text,
+            "\nStreamed / plain: print to client {:.3}, whole request {:.2} (p50s).",
+            streamed.percentile(500).as_secs_f64() / plain.percentile(500).as_secs_f64(),
+            streamed_whole.percentile(500).as_secs_f64()
+                / plain_whole.percentile(500).as_secs_f64()
+        )
+        .unwrap();
+    }
+
     fn write_rotation(&self, text: &mut String) {
         writeln!(text, "\n## Zygote rotation\n").unwrap();
         writeln!(
@@ -979,6 +1109,7 @@ impl Report {
         text.push_str(&self.memory);
         self.write_growth(&mut text);
         self.write_rotation(&mut text);
+        self.write_first_output(&mut text);
         writeln!(text, "\n## Encoding a DataFrame result\n").unwrap();
         writeln!(
             text,
