@@ -5,7 +5,8 @@
 //!
 //! The execution runs in a task of its own, so a reader that stalls never stalls the pipe
 //! readers: what they pass on is bounded by the output caps (`sandbox/live.rs`), and the
-//! stream holds at most that. The task belongs to the response body: a client that hangs up
+//! stream holds at most that (the choice between pausing the sandbox, buffering and dropping:
+//! buffering, since the caps already bound it and a paused script would burn its time limit). The task belongs to the response body: a client that hangs up
 //! drops the body, which aborts the task, which kills the sandbox, as a plain request's
 //! dropped future does.
 
@@ -16,7 +17,6 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::value::RawValue;
-use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
@@ -24,7 +24,7 @@ use super::log::{Answered, Deferred, Seen};
 use crate::app::AppState;
 use crate::job::Job;
 use crate::protocol::StreamEvent;
-use crate::sandbox::{Acquired, Event, Live, Stream};
+use crate::sandbox::{Acquired, Event, Events, Live, Stream};
 
 /// How long output is gathered into one event after its first bytes arrive.
 const COALESCE: Duration = Duration::from_millis(5);
@@ -148,7 +148,7 @@ pub fn respond(
 /// execution (aborted with the stream).
 struct Streaming {
     format: Format,
-    events: UnboundedReceiver<Event>,
+    events: Events,
     execution: Option<AbortOnDropHandle<Response>>,
     stdout: Utf8Carry,
     stderr: Utf8Carry,

@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 pub use launch::RunPath;
-pub use live::{Event, Live, Stream};
+pub use live::{Event, Events, Live, Stream};
 pub use outcome::{Execution, Outcome};
 pub use packages::{Installed, normalized as package_name};
 pub use slots::Ticket;

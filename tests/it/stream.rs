@@ -468,3 +468,39 @@ async fn the_openapi_document_describes_the_stream() {
         .collect();
     assert_eq!(events, ["started", "stdout", "stderr", "result"]);
 }
+
+/// Shutdown treats a stream as it treats a plain request: one that ends within the grace ends
+/// as ever; one still running after it is stopped, and its last event is the plain answer's
+/// `503 shutting_down`; then the server exits with nothing left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_streams_within_the_grace_and_stops_the_rest() {
+    let mut app = spawn_app_with(|config| {
+        config.sandbox.max_concurrency = 2;
+        config.server.shutdown_grace_ms = 3000;
+    })
+    .await;
+    let shutdown = app.shutdown.take().unwrap();
+    let trigger = async {
+        app.wait_for_sandboxes(2).await;
+        shutdown.send(()).unwrap();
+    };
+    let (quick, slow) = (
+        json!({ "script": PRINT_SLEEP_PRINT }),
+        json!({ "script": READY_THEN_SLEEP }),
+    );
+    let (quick, slow, ()) = tokio::join!(stream(&app, &quick), stream(&app, &slow), trigger);
+    let (status, body) = quick.result();
+    assert_eq!((status, &body["result"]), (200, &json!(42)), "{body}");
+    assert_eq!(slow.text("stdout"), "ready\n");
+    let (status, body) = slow.result();
+    assert_eq!(
+        (status, error_code(&body)),
+        (503, "shutting_down"),
+        "{body}"
+    );
+    tokio::time::timeout(Duration::from_secs(5), &mut app.server)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(app.processes_left().await.is_empty());
+}
