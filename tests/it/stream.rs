@@ -504,3 +504,14 @@ async fn shutdown_finishes_streams_within_the_grace_and_stops_the_rest() {
         .unwrap();
     assert!(app.processes_left().await.is_empty());
 }
+
+/// A stream is a request in flight for as long as it streams: the connection's idle timeout,
+/// shorter than the script here, does not cut it.
+#[tokio::test]
+async fn a_stream_longer_than_the_idle_timeout_is_not_cut() {
+    let app = spawn_app_with(|config| config.server.idle_timeout_ms = 500).await;
+    let streamed = stream(&app, &json!({ "script": PRINT_SLEEP_PRINT })).await;
+    assert_eq!(streamed.text("stdout"), "first\nsecond é\n");
+    let (status, body) = streamed.result();
+    assert_eq!((status, &body["result"]), (200, &json!(42)), "{body}");
+}
