@@ -237,7 +237,15 @@ async fn first_output(report: &mut Report, client: &reqwest::Client, service: &S
     let started = Instant::now();
     // The rows before may leave executions being swept: wait until a request is admitted.
     loop {
-        match client.post(&url).json(&body).send().await.unwrap().status().as_u16() {
+        match client
+            .post(&url)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+        {
             200 => break,
             503 => tokio::time::sleep(Duration::from_millis(100)).await,
             status => panic!("the service answered {status}"),
