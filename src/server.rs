@@ -61,7 +61,12 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok((stream, _)) => {
+                    // Answers go out as they are written: a streamed event is small, and
+                    // Nagle would hold it until the client acknowledged the one before.
+                    let _ = stream.set_nodelay(true);
+                    stream
+                }
                 Err(error) => {
                     tracing::warn!(%error, "accepting a connection failed");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;

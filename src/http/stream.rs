@@ -263,40 +263,21 @@ impl Streaming {
 /// The last event, carrying the plain answer's status and body, and what the access log
 /// records of it.
 async fn result_event(response: Response) -> (StreamEvent, Answered) {
-    let (status, answered) = (
-        response.status().as_u16(),
-        Answered::from_response(&response),
-    );
-    if let Some(body) = json_body(response).await {
-        let answered = Answered {
-            streamed: Some(status),
-            ..answered
-        };
-        return (StreamEvent::Result { status, body }, answered);
-    }
-    // Every answer of ours is JSON: this is a bug, answered as one.
-    tracing::error!(status, "a streamed execution's answer was not JSON");
-    let internal = super::ApiError::Internal.into_response();
-    let (status, answered) = (
-        internal.status().as_u16(),
-        Answered::from_response(&internal),
-    );
-    let body = json_body(internal)
-        .await
-        .unwrap_or_else(|| RawValue::NULL.to_owned());
+    let status = response.status().as_u16();
     let answered = Answered {
         streamed: Some(status),
-        ..answered
+        ..Answered::from_response(&response)
     };
+    // The answer is JSON of ours, whole in memory: neither step fails but by a bug.
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await;
+    let body = bytes
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    let body = body.unwrap_or_else(|| {
+        tracing::error!(status, "a streamed execution's answer was not JSON");
+        RawValue::NULL.to_owned()
+    });
     (StreamEvent::Result { status, body }, answered)
-}
-
-/// A response's whole body, as the JSON it is.
-async fn json_body(response: Response) -> Option<Box<RawValue>> {
-    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-        .await
-        .ok()?;
-    serde_json::from_slice(&bytes).ok()
 }
 
 /// Decodes a stream's bytes as they come, holding back a character cut at the end of a read,

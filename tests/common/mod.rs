@@ -56,6 +56,17 @@ pub fn test_config(work_root: &Path) -> Config {
 /// files and the jail profiles.
 pub const INSTANCE_FILES: [&str; 3] = ["harness", "profiles", "proc-masks"];
 
+/// One slot, in `profile`, with the warm path on or off: the suites that run a case in every
+/// configuration start theirs with this.
+pub async fn spawn_app_in(profile: pyexec::config::ProfileChoice, warm: bool) -> TestApp {
+    spawn_app_with(|config| {
+        config.sandbox.profile = profile;
+        config.sandbox.warm = warm;
+        config.sandbox.max_concurrency = 1;
+    })
+    .await
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
@@ -148,15 +159,7 @@ impl TestApp {
     /// How many executions ran each way (`warm`, `cold`) so far, from `/metrics`: a fallback
     /// from warm to cold answers the same, so only this shows which path really ran.
     pub async fn paths_run(&self) -> std::collections::BTreeMap<String, u64> {
-        let text = self
-            .client
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = self.metrics().await;
         let mut paths = std::collections::BTreeMap::new();
         for line in text
             .lines()
@@ -190,6 +193,12 @@ impl TestApp {
             .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
             .filter(|name| !INSTANCE_FILES.contains(&name.as_str()))
             .collect()
+    }
+
+    /// `GET /metrics`, as text.
+    pub async fn metrics(&self) -> String {
+        let response = self.client.get(self.url("/metrics")).send().await.unwrap();
+        response.text().await.unwrap()
     }
 
     /// Waits (at most 5 s) for `count` sandboxes to be running at once; panics if they never are.

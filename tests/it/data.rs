@@ -11,7 +11,7 @@
 use crate::common;
 
 use base64::Engine;
-use common::{TestApp, error_code, oneshot, post_execute, router_only, spawn_app_with};
+use common::{TestApp, error_code, oneshot, post_execute, router_only};
 use pyexec::config::ProfileChoice;
 use serde_json::{Value, json};
 
@@ -34,12 +34,7 @@ async fn post(app: &TestApp, body: Value) -> (u16, Value) {
 }
 
 async fn app(profile: ProfileChoice, warm: bool) -> TestApp {
-    spawn_app_with(|config| {
-        config.sandbox.profile = profile;
-        config.sandbox.warm = warm;
-        config.sandbox.max_concurrency = 1;
-    })
-    .await
+    common::spawn_app_in(profile, warm).await
 }
 
 #[tokio::test]

@@ -120,12 +120,7 @@ fn parse_event(record: &str, sse: bool) -> Value {
 }
 
 async fn app(profile: ProfileChoice, warm: bool) -> TestApp {
-    spawn_app_with(|config| {
-        config.sandbox.profile = profile;
-        config.sandbox.warm = warm;
-        config.sandbox.max_concurrency = 1;
-    })
-    .await
+    common::spawn_app_in(profile, warm).await
 }
 
 const PRINT_SLEEP_PRINT: &str = r#"import sys, time
@@ -415,15 +410,7 @@ async fn metrics_count_streamed_executions() {
     )
     .await;
     app.execute("def main():\n    return 1\n").await;
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("pyexec_executions_streamed_total 2"),
         "{metrics}"
@@ -514,4 +501,25 @@ async fn a_stream_longer_than_the_idle_timeout_is_not_cut() {
     assert_eq!(streamed.text("stdout"), "first\nsecond é\n");
     let (status, body) = streamed.result();
     assert_eq!((status, &body["result"]), (200, &json!(42)), "{body}");
+}
+
+/// Output written in a burst arrives in few events, not one a write: events gather what the
+/// pipes give within a few milliseconds.
+#[tokio::test]
+async fn a_burst_of_writes_arrives_in_few_events() {
+    let app = app(ProfileChoice::Auto, true).await;
+    let script = "def main():\n    for i in range(2000):\n        print(i)\n";
+    let streamed = stream(&app, &json!({ "script": script })).await;
+    let (_, plain) = app.execute(script).await;
+    assert_eq!(streamed.text("stdout"), plain["stdout"].as_str().unwrap());
+    assert!(
+        plain["stdout"].as_str().unwrap().ends_with("\n1999\n"),
+        "{plain}"
+    );
+    let events = streamed
+        .names()
+        .iter()
+        .filter(|name| **name == "stdout")
+        .count();
+    assert!(events < 100, "4,000 writes came as {events} events");
 }
