@@ -7,7 +7,8 @@
 //! rlimits; and under gVisor's `runsc` (`scripts/setup.sh` installs it), the kernel of Cloud
 //! Run's first generation, which refuses namespaces and whose cgroups do not hold a memory
 //! limit, so `auto` must come up on `cloudrun` with rlimits and the watchdog. Each run must come
-//! up healthy in the profile its mode allows, answer the API (input and files included), hold
+//! up healthy in the profile its mode allows, answer the API (input and files included, and a
+//! streamed answer whose first line comes while the script runs), hold
 //! against the part of the escape suite whose outcome does not depend on the suite's small
 //! limits, leave no process of an execution behind, and exit 0 on `podman stop`. Under gVisor
 //! it also measures `return 1` and the pandas script, warm and cold (a second container with
@@ -936,6 +937,8 @@ async fn api_checks(client: &reqwest::Client, base: &str, container: &Container)
         "{body}"
     );
 
+    streams(client, base).await;
+
     // The access log says which path ran the script.
     let logged = container
         .events()
@@ -945,6 +948,41 @@ async fn api_checks(client: &reqwest::Client, base: &str, container: &Container)
         })
         .unwrap_or_else(|| panic!("no access log line for {request_id}"));
     logged["path"] == "warm"
+}
+
+/// A streamed answer (`Accept: application/x-ndjson`) in this runtime: the first line comes
+/// while the script sleeps, the last event is the plain answer.
+async fn streams(client: &reqwest::Client, base: &str) {
+    let script = "import time\ndef main():\n    print('first')\n    time.sleep(1)\n    print('second')\n    return 7\n";
+    let mut response = client
+        .post(format!("{base}/execute"))
+        .header("accept", "application/x-ndjson")
+        .json(&json!({ "script": script }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut text = String::new();
+    let mut first_at = None;
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+        if first_at.is_none() && text.contains("\"first\\n\"") {
+            first_at = Some(Instant::now());
+        }
+    }
+    let first_at = first_at.unwrap_or_else(|| panic!("no first line in {text}"));
+    assert!(
+        first_at.elapsed() > Duration::from_millis(500),
+        "the first line came at the end: {text}"
+    );
+    let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["event"], "result", "{text}");
+    assert_eq!(last["status"], 200, "{text}");
+    assert_eq!(
+        (&last["body"]["result"], &last["body"]["stdout"]),
+        (&json!(7), &json!("first\nsecond\n")),
+        "{text}"
+    );
 }
 
 /// The chosen escape cases against the container; what went wrong, case by case, with
