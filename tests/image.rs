@@ -34,9 +34,10 @@ use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::{SocketAddr as UnixSocketAddr, UnixListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::escape_cases::{self, Case, Expect, Placeholders, Returns, cases, mismatch};
+use common::escape_cases::{self, Case, Expect, Placeholders, cases, mismatch};
+use common::events::{Events, result_of};
 use serde_json::{Value, json};
 
 /// The image the test builds (and leaves, so the next build reuses its layers).
@@ -950,38 +951,27 @@ async fn api_checks(client: &reqwest::Client, base: &str, container: &Container)
     logged["path"] == "warm"
 }
 
-/// A streamed answer (`Accept: application/x-ndjson`) in this runtime: the first line comes
-/// while the script sleeps, the last event is the plain answer.
+/// A streamed answer (`Accept: application/x-ndjson`) in this runtime: the first line reaches
+/// the client before the script writes its second (the script says when, by the clock client
+/// and container share), the last event is the plain answer.
 async fn streams(client: &reqwest::Client, base: &str) {
-    let script = "import time\ndef main():\n    print('first')\n    time.sleep(1)\n    print('second')\n    return 7\n";
-    let mut response = client
-        .post(format!("{base}/execute"))
-        .header("accept", "application/x-ndjson")
-        .json(&json!({ "script": script }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let mut text = String::new();
-    let mut first_at = None;
-    while let Some(chunk) = response.chunk().await.unwrap() {
-        text.push_str(std::str::from_utf8(&chunk).unwrap());
-        if first_at.is_none() && text.contains("\"first\\n\"") {
-            first_at = Some(Instant::now());
-        }
-    }
-    let first_at = first_at.unwrap_or_else(|| panic!("no first line in {text}"));
+    let script = "import time\ndef main():\n    print('first')\n    time.sleep(1)\n    print(time.time())\n    return 7\n";
+    let mut events = Events::script(client, &format!("{base}/execute"), script).await;
+    assert_eq!(events.status, 200);
+    let seen = events.until_stdout("first\n").await;
+    let first_at = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let seen = seen.unwrap_or_else(|all| panic!("no first line in {all:?}"));
+    let rest = events.rest().await;
+    let (status, body) = result_of(&rest);
+    assert_eq!((status, &body["result"]), (200, &json!(7)), "{body}");
+    let stdout = body["stdout"].as_str().unwrap();
+    let second: f64 = stdout
+        .strip_prefix("first\n")
+        .and_then(|rest| rest.trim_end().parse().ok())
+        .unwrap_or_else(|| panic!("{stdout:?}"));
     assert!(
-        first_at.elapsed() > Duration::from_millis(500),
-        "the first line came at the end: {text}"
-    );
-    let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
-    assert_eq!(last["event"], "result", "{text}");
-    assert_eq!(last["status"], 200, "{text}");
-    assert_eq!(
-        (&last["body"]["result"], &last["body"]["stdout"]),
-        (&json!(7), &json!("first\nsecond\n")),
-        "{text}"
+        first_at.as_secs_f64() < second,
+        "the first line came after the script wrote the second: {seen:?} {rest:?}"
     );
 }
 
@@ -1010,6 +1000,9 @@ async fn escape_checks(
         service_port: port,
         nonce: uids.start,
         unix_socket: format!("pyexec-image-{}.sock", uids.start),
+        // Well within the default time limit of 30 s, for the cold path under gVisor on a
+        // busy machine.
+        hold_secs: 5.0,
     };
     // A Unix socket a script must not reach. Under runc the host network is shared, and with
     // it the abstract Unix socket namespace: the test's own (the on-disk one of the suite
@@ -1052,8 +1045,7 @@ async fn escape_checks(
             (_, Some((_, outcome, _))) => *outcome,
             _ => case.cloudrun,
         };
-        if let Some(problem) = run_case(client, base, container, case, expect, &values, uids).await
-        {
+        if let Some(problem) = run_case(client, base, case, expect, &values).await {
             failures.push(format!("{}: {problem}", case.name));
         }
         let (status, body) = execute(client, base, "def main():\n    return 'still fine'\n").await;
@@ -1075,11 +1067,9 @@ async fn escape_checks(
 async fn run_case(
     client: &reqwest::Client,
     base: &str,
-    container: &Container,
     case: &Case,
     expect: Expect,
     values: &Placeholders,
-    uids: &std::ops::Range<u32>,
 ) -> Option<String> {
     let before = match case.before {
         Some(script) => {
@@ -1092,17 +1082,13 @@ async fn run_case(
         }
         None => String::new(),
     };
-    let neighbour = case.during.as_ref().map(|neighbour| {
-        let request = client
-            .post(format!("{base}/execute"))
-            .json(&json!({ "script": escape_cases::fill(neighbour.script, values, "") }));
-        tokio::spawn(async move { common::read(request.send().await.unwrap()).await })
-    });
-    if neighbour.is_some() {
-        // The neighbour runs first, so the attack meets it running.
-        let running = common::wait_until(|| !container.processes_of(uids).is_empty()).await;
-        assert!(running, "{}: the neighbour never ran", case.name);
-    }
+    let neighbour = match &case.during {
+        Some(spec) => match spec.start(client, &format!("{base}/execute"), values).await {
+            Ok(events) => Some((spec, events)),
+            Err(problem) => return Some(problem),
+        },
+        None => None,
+    };
     let (status, body) = execute(
         client,
         base,
@@ -1110,13 +1096,9 @@ async fn run_case(
     )
     .await;
     let problem = mismatch(expect, status, &body);
-    let harm = match (neighbour, &case.during) {
-        (Some(neighbour), Some(spec)) => {
-            let (status, body) = neighbour.await.unwrap();
-            mismatch(Returns(spec.returns), status, &body)
-                .map(|harm| format!("the concurrent execution was harmed: {harm}"))
-        }
-        _ => None,
+    let harm = match neighbour {
+        Some((spec, events)) => spec.harm(events).await,
+        None => None,
     };
     match (problem, harm) {
         (Some(problem), Some(harm)) => Some(format!("{problem}; {harm}")),

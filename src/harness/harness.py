@@ -32,12 +32,14 @@ paths, numbers), never sentences; the service words them. The golden frames in g
 checked against both sides (test_harness.py here, src/harness/mod.rs there).
 
 stdout and stderr are the process's own descriptors, so output from C extensions and
-subprocesses is captured too; the service reads them. This file is embedded in the service
+subprocesses is captured too; the service reads them. The script writes them a line at a time
+(`line_buffered`), as on a terminal. This file is embedded in the service
 binary (include_str!) so harness and service can never drift apart.
 """
 
 import errno
 import faulthandler
+import io
 import json
 import linecache
 import os
@@ -98,13 +100,13 @@ def finish(send, frame):
     """Sends the final frame and leaves at once: atexit hooks and non-daemon threads the
     script left behind must not hold the execution open after main() has answered.
     A process the script forked runs this code too; only the harness itself reports."""
-    if os.getpid() != HARNESS_PID:
-        os._exit(0)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except Exception:
             pass
+    if os.getpid() != HARNESS_PID:
+        os._exit(0)
     send(frame)
     os._exit(0)
 
@@ -313,6 +315,19 @@ def read_job(fd):
         os.close(fd)
 
 
+def line_buffered(stream):
+    """`stream` again, on the same descriptor, written a line at a time as on a terminal: a
+    `print` is one write (under `-u` it is one for the text and one for the end), so a reader
+    of the pipe, a streamed answer above all, never sees a printed line in two parts. Text
+    without a newline is written when the script flushes or returns; a script killed before
+    then loses that unfinished line, as a program writing to a terminal would."""
+    raw = io.FileIO(stream.fileno(), "w", closefd=False)
+    return io.TextIOWrapper(
+        io.BufferedWriter(raw), encoding=stream.encoding, errors=stream.errors,
+        line_buffering=True,
+    )
+
+
 def enter(settings, filters):
     """Makes this process a harness for one script: its report channel, its limits, its
     filters. Returns the reporter once it has said "started"; no user code ran before."""
@@ -320,6 +335,7 @@ def enter(settings, filters):
     HARNESS_PID = os.getpid()
     limits = settings["limits"]
     reporter = Reporter(settings["result_fd"])
+    sys.stdout, sys.stderr = line_buffered(sys.stdout), line_buffered(sys.stderr)
     faulthandler.enable(file=sys.stderr)
     apply_rlimits(settings["rlimits"])
     # Reported by the harness rather than left to the default action: in a pid namespace the

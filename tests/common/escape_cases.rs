@@ -8,6 +8,7 @@ use std::fmt;
 use serde_json::Value;
 
 use super::error_code;
+use super::events::{Events, READY, result_of};
 
 /// What a case must come to.
 #[derive(Debug, Clone, Copy)]
@@ -69,10 +70,36 @@ def main():
 "#
 );
 
-/// Another execution that runs at the same time as the attack (started first).
+/// Another execution that runs at the same time as the attack: it is started first and prints
+/// `ready` (`events::READY`) once it is in place, and the attack starts only when the runner
+/// has read that line, so a case never rests on a guess of how long a start takes.
 pub struct Neighbour {
     pub script: &'static str,
     pub returns: &'static str,
+}
+
+impl Neighbour {
+    /// Starts the neighbour on the service at `url` (`…/execute`) and returns its stream once
+    /// it has said `ready`; what it said instead when it never did.
+    pub async fn start(
+        &self,
+        client: &reqwest::Client,
+        url: &str,
+        values: &Placeholders,
+    ) -> Result<Events, String> {
+        let mut events = Events::script(client, url, &fill(self.script, values, "")).await;
+        match events.until_stdout(READY).await {
+            Ok(_) => Ok(events),
+            Err(seen) => Err(format!("the neighbour never said ready: {seen:?}")),
+        }
+    }
+
+    /// Reads the rest of the neighbour's stream: how it was harmed, if it was.
+    pub async fn harm(&self, events: Events) -> Option<String> {
+        let (status, body) = result_of(&events.rest().await);
+        mismatch(Returns(self.returns), status, &body)
+            .map(|harm| format!("the concurrent execution was harmed: {harm}"))
+    }
 }
 
 pub struct Case {
@@ -109,7 +136,8 @@ def main():
             f.write(secret)
     except OSError:
         pass
-    time.sleep(1.5)
+    print("ready")
+    time.sleep({HOLD})
     return "victim finished"
 "#;
 
@@ -132,7 +160,8 @@ def main():
         except OSError:
             pass
     subprocess.Popen(["/bin/sleep", "60"], env={"PYEXEC_LEFT": CANARY})
-    time.sleep({SLEEP})
+    print("ready")
+    time.sleep({HOLD})
     return "left"
 "#;
 
@@ -342,12 +371,11 @@ def main():
                 "tmp_visible_to_a_concurrent_execution",
                 concat!(
                     r#"
-import os, stat, time
+import os, stat
 "#,
                     include_str!("files_under.py"),
                     r#"
 def main():
-    time.sleep(0.5)
     wanted, seen = ("SEC" + "RET-" + "{NONCE}").encode(), 0
     for root in ["/tmp", "/var/tmp", "/dev/shm", "/run/lock"]:
         for path in files_under(root):
@@ -380,9 +408,8 @@ def main():
             ..case(
                 "list_a_concurrent_execution_s_files",
                 r#"
-import os, time
+import os
 def main():
-    time.sleep(0.5)
     return "listed" if "pyexec-victim-{NONCE}" in os.listdir("/tmp") else "not listed"
 "#,
                 Returns("not listed"),
@@ -458,9 +485,9 @@ def main():
         Case {
             during: Some(Neighbour {
                 script: r#"
-import os, time
+import os
 def main():
-    time.sleep(0.2)
+    print("ready")
     for _ in range(100):
         pid = os.fork()
         if pid == 0:
@@ -671,9 +698,8 @@ def main():
             ..case(
                 "kill_every_process",
                 r#"
-import os, signal, time
+import os, signal
 def main():
-    time.sleep(0.5)
     try:
         os.kill(-1, signal.SIGKILL)
         return "signal sent, nothing else harmed"
@@ -953,6 +979,10 @@ pub struct Placeholders {
     pub nonce: u32,
     /// The name of the host Unix sockets a script must not reach.
     pub unix_socket: String,
+    /// How long a neighbour stays in place after it has said `ready`, in seconds: the attack
+    /// starts once the runner has read that line and must be done by then, and the neighbour
+    /// must end within the service's time limit.
+    pub hold_secs: f64,
 }
 
 /// The script with its placeholders filled in; `before` is the result of the case's `before`
@@ -965,7 +995,7 @@ pub fn fill(script: &str, values: &Placeholders, before: &str) -> String {
         .replace("{UID_BASE}", &values.nonce.to_string())
         .replace("{UNIX_SOCKET}", &values.unix_socket)
         .replace("{BEFORE}", before)
-        .replace("{SLEEP}", "1.5")
+        .replace("{HOLD}", &values.hold_secs.to_string())
 }
 
 /// Checks one answer against an expectation; the mismatch, if any.

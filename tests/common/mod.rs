@@ -7,6 +7,7 @@
 )]
 
 pub mod escape_cases;
+pub mod events;
 pub mod markdown;
 pub mod service;
 

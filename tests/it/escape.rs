@@ -14,8 +14,9 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{SocketAddr as UnixSocketAddr, UnixListener};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use common::escape_cases::{self, Placeholders, Returns, cases, mismatch};
+use common::escape_cases::{self, Placeholders, cases, mismatch};
 use common::{TestApp, spawn_app_with};
 use pyexec::config::{Profile, ProfileChoice};
 
@@ -40,14 +41,19 @@ async fn escape_app(profile: ProfileChoice, cgroups: bool, warm: bool) -> TestAp
     app
 }
 
-fn fill(script: &str, app: &TestApp, before: &str) -> String {
-    let values = Placeholders {
+fn values(app: &TestApp) -> Placeholders {
+    Placeholders {
         service_pid: std::process::id(),
         service_port: app.addr.port(),
         nonce: app.uids.start,
         unix_socket: unix_socket_name(app),
-    };
-    escape_cases::fill(script, &values, before)
+        // Three quarters of the suite's time limit.
+        hold_secs: 0.75 * Duration::from_millis(app.config.limits.time_limit_ms).as_secs_f64(),
+    }
+}
+
+fn fill(script: &str, app: &TestApp, before: &str) -> String {
+    escape_cases::fill(script, &values(app), before)
 }
 
 /// The name of the Unix sockets the suite listens on, abstract and in the host's `/tmp`.
@@ -120,26 +126,27 @@ async fn run_cases(app: &TestApp) {
             }
             None => String::new(),
         };
-        let neighbour = case
-            .during
-            .as_ref()
-            .map(|n| app.spawn_execute(&fill(n.script, app, "")));
-        if neighbour.is_some() {
-            // The neighbour runs first, so the attack meets it running.
-            app.wait_for_sandboxes(1).await;
-        }
+        let neighbour = match &case.during {
+            Some(spec) => match spec
+                .start(&app.client, &app.url("/execute"), &values(app))
+                .await
+            {
+                Ok(events) => Some((spec, events)),
+                Err(problem) => {
+                    failures.push(format!("{}: {problem}", case.name));
+                    continue;
+                }
+            },
+            None => None,
+        };
         let (status, body) = app.execute(&fill(case.script, app, &before)).await;
         if let Some(problem) = mismatch(expect, status, &body) {
             failures.push(format!("{}: {problem}", case.name));
         }
-        if let (Some(neighbour), Some(spec)) = (neighbour, &case.during) {
-            let (status, body) = neighbour.await.unwrap();
-            if let Some(problem) = mismatch(Returns(spec.returns), status, &body) {
-                failures.push(format!(
-                    "{}: the concurrent execution was harmed: {problem}",
-                    case.name
-                ));
-            }
+        if let Some((spec, events)) = neighbour
+            && let Some(harm) = spec.harm(events).await
+        {
+            failures.push(format!("{}: {harm}", case.name));
         }
         let (status, body) = app.execute("def main():\n    return 'still fine'\n").await;
         if status != 200 || body["result"] != "still fine" {

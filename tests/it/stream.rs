@@ -9,15 +9,13 @@ use crate::common;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::events::{Events, NDJSON, SSE, result_of};
 use common::markdown::without_duration;
 use common::{TestApp, error_code, spawn_app_with};
 use pyexec::config::ProfileChoice;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-const NDJSON: &str = "application/x-ndjson";
-const SSE: &str = "text/event-stream";
 
 /// A streamed answer: its status, content type, and each event with when it arrived.
 struct Streamed {
@@ -45,78 +43,28 @@ impl Streamed {
 
     /// The last event, which must be the only `result`.
     fn result(&self) -> (u16, Value) {
-        let results: Vec<&Value> = self
-            .events
-            .iter()
-            .map(|(_, event)| event)
-            .filter(|event| event["event"] == "result")
-            .collect();
-        assert_eq!(results.len(), 1, "{:?}", self.names());
-        let (_, last) = self.events.last().unwrap();
-        assert_eq!(last["event"], "result", "{:?}", self.names());
-        (
-            u16::try_from(last["status"].as_u64().unwrap()).unwrap(),
-            last["body"].clone(),
-        )
+        let events: Vec<Value> = self.events.iter().map(|(_, e)| e.clone()).collect();
+        result_of(&events)
     }
 }
 
 /// Sends `body` asking for `accept`, then waits `stall` before reading a byte of the answer.
 async fn stream_after(app: &TestApp, body: &Value, accept: &str, stall: Duration) -> Streamed {
-    let mut response = app
-        .client
-        .post(app.url("/execute"))
-        .header("accept", accept)
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .map(|value| value.to_str().unwrap().to_owned())
-        .unwrap_or_default();
+    let mut answer = Events::request(&app.client, &app.url("/execute"), body, accept).await;
     tokio::time::sleep(stall).await;
-    let separator: &[u8] = if accept == SSE { b"\n\n" } else { b"\n" };
-    let mut buffer = Vec::new();
     let mut events = Vec::new();
-    while let Some(chunk) = response.chunk().await.unwrap() {
-        let now = Instant::now();
-        buffer.extend_from_slice(&chunk);
-        while let Some(end) = buffer
-            .windows(separator.len())
-            .position(|window| window == separator)
-        {
-            let record: Vec<u8> = buffer.drain(..end + separator.len()).collect();
-            let record = std::str::from_utf8(&record[..end]).unwrap();
-            events.push((now, parse_event(record, accept == SSE)));
-        }
+    while let Some(event) = answer.next().await {
+        events.push((Instant::now(), event));
     }
-    assert!(buffer.is_empty(), "a partial event at the end: {buffer:?}");
     Streamed {
-        status,
-        content_type,
+        status: answer.status,
+        content_type: answer.content_type,
         events,
     }
 }
 
 async fn stream(app: &TestApp, body: &Value) -> Streamed {
     stream_after(app, body, NDJSON, Duration::ZERO).await
-}
-
-/// One NDJSON line, or one SSE event whose `event:` line must name its data's `event`.
-fn parse_event(record: &str, sse: bool) -> Value {
-    if !sse {
-        return serde_json::from_str(record).unwrap();
-    }
-    let mut lines = record.lines();
-    let name = lines.next().unwrap().strip_prefix("event: ").unwrap();
-    let data = lines.next().unwrap().strip_prefix("data: ").unwrap();
-    assert!(lines.next().is_none(), "{record:?}");
-    let event: Value = serde_json::from_str(data).unwrap();
-    assert_eq!(event["event"], name, "{record:?}");
-    event
 }
 
 async fn app(profile: ProfileChoice, warm: bool) -> TestApp {
@@ -521,5 +469,40 @@ async fn a_burst_of_writes_arrives_in_few_events() {
         .iter()
         .filter(|name| **name == "stdout")
         .count();
-    assert!(events < 100, "4,000 writes came as {events} events");
+    assert!(events < 100, "2,000 lines came as {events} events");
+}
+
+/// A `print` is one write (the harness gives the script line-buffered stdout and stderr, as a
+/// terminal does), so no event splits a line that was printed whole, wherever the gathering
+/// window happens to close: 150 lines of four parts each (text, separator, number, end) and
+/// as many on stderr, with pauses near the window's length, on both paths.
+#[tokio::test]
+async fn no_event_splits_a_printed_line() {
+    let script = "import sys, time\ndef main():\n    for i in range(1, 151):\n        print('x' * i, i)\n        print('e' * i, i, file=sys.stderr)\n        time.sleep(0.004)\n";
+    for warm in [true, false] {
+        let app = app(ProfileChoice::Auto, warm).await;
+        let streamed = stream(&app, &json!({ "script": script })).await;
+        assert_eq!(streamed.result().0, 200, "warm={warm}");
+        for (_, event) in &streamed.events {
+            let (name, letter) = match event["event"].as_str().unwrap() {
+                "stdout" => ("stdout", 'x'),
+                "stderr" => ("stderr", 'e'),
+                _ => continue,
+            };
+            let data = event["data"].as_str().unwrap();
+            assert!(
+                data.ends_with('\n'),
+                "warm={warm}: a {name} event ends mid-line: {data:?}"
+            );
+            for line in data.lines() {
+                let (text, number) = line.split_once(' ').unwrap();
+                assert!(
+                    text.chars().all(|c| c == letter) && number.parse() == Ok(text.len()),
+                    "warm={warm}: a {name} line in parts: {line:?}"
+                );
+            }
+        }
+        assert_eq!(streamed.text("stdout").lines().count(), 150, "warm={warm}");
+        assert_eq!(streamed.text("stderr").lines().count(), 150, "warm={warm}");
+    }
 }
