@@ -877,7 +877,11 @@ fn systemd_verify(text: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let unit = dir.path().join("pyexec.service");
     let program = format!("ExecStart={}", env!("CARGO_BIN_EXE_pyexec"));
-    std::fs::write(&unit, text.replace("ExecStart=/usr/local/bin/pyexec", &program)).unwrap();
+    std::fs::write(
+        &unit,
+        text.replace("ExecStart=/usr/local/bin/pyexec", &program),
+    )
+    .unwrap();
     let output = std::process::Command::new("systemd-analyze")
         .arg("verify")
         .arg(&unit)
@@ -886,7 +890,11 @@ fn systemd_verify(text: &str) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&output.stderr),
-        if output.status.success() { "" } else { "failed" }
+        if output.status.success() {
+            ""
+        } else {
+            "failed"
+        }
     )
 }
 
@@ -896,7 +904,10 @@ fn systemd_verify(text: &str) -> String {
 fn the_systemd_unit_is_valid_and_delegates() {
     let unit = std::fs::read_to_string(repo("deploy/systemd/pyexec.service")).unwrap();
     assert!(unit.lines().any(|line| line == "Delegate=yes"), "{unit}");
-    assert!(unit.lines().any(|line| line == "KillMode=control-group"), "{unit}");
+    assert!(
+        unit.lines().any(|line| line == "KillMode=control-group"),
+        "{unit}"
+    );
     assert_eq!(systemd_verify(&unit), "");
     let misspelt = systemd_verify(&unit.replace("Delegate=yes", "Delegat=yes"));
     assert!(misspelt.contains("Unknown key 'Delegat'"), "{misspelt}");
