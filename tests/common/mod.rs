@@ -8,6 +8,7 @@
 
 pub mod escape_cases;
 pub mod events;
+pub mod guest;
 pub mod markdown;
 pub mod service;
 
