@@ -4,6 +4,7 @@
 //! which measures the idle penalty there too.
 
 use std::fmt::Write as _;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -134,11 +135,14 @@ impl Guest {
             .iter()
             .enumerate()
             .map(|(index, port)| format!("{port}:{}", 8001 + index));
+        // A process group of its own: user-mode Linux runs as several host processes, and a
+        // failed test must end them all.
         let child = Command::new("bash")
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/cgroup-v2-guest.sh"))
             .arg(dir.path())
             .args(forwards)
             .stdin(Stdio::null())
+            .process_group(0)
             .spawn()
             .unwrap();
         Self { dir, child, ports }
@@ -227,7 +231,9 @@ impl Drop for Guest {
             while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(100));
             }
-            let _ = self.child.kill();
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", self.child.id())])
+                .status();
             let _ = self.child.wait();
         }
     }
