@@ -69,11 +69,12 @@ memory_bytes = $MEMORY
 processes = $PROCESSES
 EOT
 }
-# Runs the command after GROUP in GROUP (created first), once it is there.
+# Runs the command after GROUP in GROUP (created first); returns once it has left this
+# script's group (the service may already have moved on into a leaf of GROUP by then).
 in_group() {
   mkdir -p "$1"
   sh -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$@" &
-  until grep -q . "$1/cgroup.procs"; do sleep 0.05; done
+  while grep -qx '0::/init' "/proc/$!/cgroup" 2>/dev/null; do sleep 0.05; done
 }
 start() { # NAME SHAPE PORT PROFILE WARM
   settings "$1" "$3" "$4" "$5"
