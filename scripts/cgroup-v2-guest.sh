@@ -67,8 +67,8 @@ for forward in "$@"; do
 done
 rm -f "$dir/status" "$dir/guest.log"
 # Kernel words the kernel does not know (NAME=VALUE) reach init as its environment. UML keeps
-# its memory in a file under TMPDIR; the host's /tmp serves.
-TMPDIR=/tmp /usr/bin/linux.uml mem=1536M root=/dev/root rootfstype=hostfs rootflags=/ ro \
+# its memory in a file under TMPDIR; the host's /tmp serves. It dies with this script.
+TMPDIR=/tmp setpriv --pdeathsig KILL /usr/bin/linux.uml mem=1536M root=/dev/root rootfstype=hostfs rootflags=/ ro \
   init="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")" \
   PYEXEC_GUEST_DIR="$dir" panic=-1 con=null con0=null,fd:1 quiet "${cards[@]}" \
   </dev/null >"$dir/console.log" 2>&1 || true

@@ -137,8 +137,9 @@ impl Guest {
             .enumerate()
             .map(|(index, port)| format!("{port}:{}", 8001 + index));
         // A process group of its own: user-mode Linux runs as several host processes, and a
-        // failed test must end them all.
-        let child = Command::new("bash")
+        // failed test must end them all; and killed with the test, should it die unwound.
+        let child = Command::new("setpriv")
+            .args(["--pdeathsig", "KILL", "bash"])
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/cgroup-v2-guest.sh"))
             .arg(dir.path())
             .args(forwards)
