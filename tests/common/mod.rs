@@ -75,6 +75,12 @@ pub async fn spawn_app() -> TestApp {
 
 /// Binds before returning, so no sleep is needed; starts the sandbox like `main`.
 pub async fn spawn_app_with(customize: impl FnOnce(&mut Config)) -> TestApp {
+    // The service's warnings go to the test's own output, shown when it fails: a 5xx body is a
+    // fixed sentence, and its reason is in the log.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("warn")
+        .with_test_writer()
+        .try_init();
     let work_root = tempfile::tempdir().unwrap();
     let mut config = test_config(work_root.path());
     customize(&mut config);
