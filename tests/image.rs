@@ -703,7 +703,7 @@ impl Container {
 
 /// What one mode came to, for the report.
 async fn run_mode(mode: Mode) -> Value {
-    let port = free_port();
+    let port = common::free_port();
     let container = Container::start(mode, port, &[]);
     let client = client();
     let base = format!("http://127.0.0.1:{port}");
@@ -772,7 +772,7 @@ async fn run_mode(mode: Mode) -> Value {
 /// Under gVisor with the warm path off: healthy on `cloudrun`, cold, the API, and the same
 /// latencies as warm, for the report.
 async fn gvisor_cold() -> Value {
-    let port = free_port();
+    let port = common::free_port();
     let container = Container::start(Mode::Gvisor, port, &["PYEXEC_WARM=false"]);
     let client = client();
     let base = format!("http://127.0.0.1:{port}");
@@ -826,15 +826,6 @@ fn client() -> reqwest::Client {
         .timeout(Duration::from_secs(60))
         .build()
         .unwrap()
-}
-
-/// A loopback port free now (the service binds it a moment later).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Polls `/health` until it answers 200 (at most 60 s); its body.

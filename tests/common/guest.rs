@@ -112,7 +112,7 @@ impl Guest {
             // Not under /tmp: the guest mounts a /tmp of its own over the host's.
             .tempdir_in("/var/tmp")
             .unwrap();
-        let ports: Vec<u16> = instances.iter().map(|_| free_port()).collect();
+        let ports: Vec<u16> = instances.iter().map(|_| super::free_port()).collect();
         let mut run = format!(
             "REPO={repo}\nBIN={bin}\nMEMORY={MEMORY_LIMIT}\nPROCESSES={PROCESSES}\n{RUN_PRELUDE}",
             repo = env!("CARGO_MANIFEST_DIR"),
@@ -239,12 +239,4 @@ impl Drop for Guest {
             let _ = self.child.wait();
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }

@@ -352,3 +352,12 @@ pub fn processes_of(uid: u32) -> Vec<String> {
     }
     found
 }
+
+/// A loopback port free now (a service binds it a moment later).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
